@@ -1,0 +1,181 @@
+"""``leantrain`` command line: train, sample, methods, bench. Bad input exits 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from .config import describe
+from .errors import LeantrainError
+
+
+def _config_help() -> str:
+    from .data import DataConfig
+    from .models.gpt import GPTConfig
+    from .recipe import TrainConfig
+    lines = ["recipe keys (YAML sections, or --set section.key=value):"]
+    for section, cls in (("data", DataConfig), ("model", GPTConfig), ("train", TrainConfig)):
+        if section == "model":
+            lines.append("  model.name = 'gpt'\n      Registered model (leantrain methods --models).")
+        for key, default, doc in describe(cls, f"{section}."):
+            lines.append(f"  {key} = {default}")
+            lines += textwrap.wrap(doc, 90, initial_indent="      ", subsequent_indent="      ")
+    lines.append("  methods = [{name: ..., <options>}]\n      See `leantrain methods --options`; "
+                 "override with --set methods.<name>.<option>=value.")
+    return "\n".join(lines)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a recipe (YAML) into an output directory.",
+                       epilog=_config_help())
+    p.add_argument("--recipe", type=Path, help="YAML recipe (default: only defaults and --set)")
+    p.add_argument("--out", type=Path, help="output directory (default with --resume: the resumed run)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override recipe keys, e.g. --set train.max_steps=200 model.n_layer=6")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue from a run or checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--until", type=int, metavar="STEP", help="stop (with a checkpoint) after this step")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from .core import Trainer, checkpoint, distributed
+    from .recipe import Recipe
+    if args.resume is not None and args.recipe is None:
+        meta = checkpoint.read_meta(args.resume)
+        from .config import apply_overrides
+        recipe = Recipe.from_dict(apply_overrides(meta["recipe"], args.overrides))
+    else:
+        recipe = Recipe.load(args.recipe, args.overrides)
+    out = args.out
+    if out is None:
+        if args.resume is None:
+            raise LeantrainError("--out DIR is required (or --resume DIR to continue a run)")
+        ckpt = checkpoint.resolve(args.resume)
+        out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else args.resume
+    if args.until is not None and args.until <= 0:
+        raise LeantrainError(f"--until must be positive, got {args.until}")
+    try:
+        trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
+                          progress=False if args.quiet else None)
+        s = trainer.fit(until=args.until)
+        if trainer.main and not args.quiet:
+            print(f"done: {s['steps']} steps, val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
+                  f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
+                  f"-> {out}")
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--tokens", type=int, default=300, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    print(sample_text(args.ckpt, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+    return 0
+
+
+def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, seed=0) -> str:
+    import torch
+
+    from .core import State, checkpoint
+    from .recipe import Recipe
+    from .registry import get_method, get_model
+    if tokens <= 0 or temperature <= 0 or top_k <= 0:
+        raise LeantrainError("--tokens, --temperature and --top-k must be positive")
+    ckpt = checkpoint.load(ckpt_dir)
+    recipe = Recipe.from_dict(ckpt.meta["recipe"])
+    model = get_model(recipe.model_name)[0](recipe.model)
+    state = State(recipe=recipe, model=model, optimizer=None, data=None)
+    for (name, cfg), saved in zip(recipe.methods, ckpt.meta["methods"]):
+        method = get_method(name)(cfg)  # surgery methods rebuild the shape they trained to
+        method.load_state_dict(saved["state"])
+        method.restore(state)
+    checkpoint.load_model_tensors(model, ckpt.model, ckpt.path)
+    model.eval()
+    vocab = ckpt.meta["vocab"]
+    stoi = {c: i for i, c in enumerate(vocab)}
+    bad = sorted(set(prompt) - set(stoi))
+    if bad:
+        raise LeantrainError(f"prompt has characters outside the vocabulary: {''.join(bad)!r}")
+    idx = torch.tensor([[stoi[c] for c in prompt]], dtype=torch.long)
+    out = model.generate(idx, tokens, temperature, top_k, torch.Generator().manual_seed(seed))
+    return "".join(vocab[i] for i in out[0].tolist())
+
+
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="list registered methods (and models)")
+    p.add_argument("name", nargs="?", default="*", help="a method name or glob pattern")
+    p.add_argument("--options", action="store_true", help="show each method's options")
+    p.add_argument("--models", action="store_true", help="list registered models instead")
+    p.set_defaults(func=_methods)
+
+
+def _methods(args) -> int:
+    from .registry import list_methods, list_models
+    if args.models:
+        print("\n".join(list_models(args.name)))
+        return 0
+    found = list_methods(args.name)
+    if not found:
+        if args.name == "*":
+            print("(no methods registered)")
+            return 0
+        raise LeantrainError(f"no registered method matches {args.name!r}")
+    width = max(len(m.name) for m in found)
+    for m in found:
+        print(f"{m.name:<{width}}  {m.kind:<13}  {m.summary()}")
+        if args.options:
+            for key, default, doc in describe(m.Config):
+                print(f"    {key} = {default}")
+                for line in textwrap.wrap(doc, 86, initial_indent="        ", subsequent_indent="        "):
+                    print(line)
+    return 0
+
+
+def _add_bench(sub) -> None:
+    from .bench import BENCHES
+    p = sub.add_parser("bench", help="run a benchmark suite (results.json, report.md, plots)")
+    bsub = p.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    for name, (help_, add_args, run) in BENCHES.items():
+        bp = bsub.add_parser(name, help=help_, description=help_)
+        bp.add_argument("--quick", action="store_true", help="1 seed, shorter runs (smoke test; says so)")
+        bp.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, quick 1)")
+        bp.add_argument("--out", type=Path, default=Path(f"bench_out/{name}"), help="output directory")
+        add_args(bp)
+        bp.set_defaults(func=lambda a, run=run: run(a))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leantrain", description="Cheaper neural-network training: "
+                                "train recipes with efficiency methods, measure, compare.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_methods(sub)
+    _add_bench(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LeantrainError as e:
+        print(f"leantrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leantrain: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,7 @@
+"""The small core: events, state, the method contract, the loop, checkpoints, DDP helpers."""
+from .events import Event
+from .method import Method, NoOptions
+from .state import State
+from .trainer import Trainer
+
+__all__ = ["Event", "Method", "NoOptions", "State", "Trainer"]

@@ -1,0 +1,176 @@
+"""Atomic, pickle-free checkpoints: tensors in safetensors, everything else in JSON.
+
+Layout of a run directory::
+
+    checkpoints/step_00000200/{model,optimizer,rng}.safetensors + state.json
+    checkpoints/latest            # name of the newest complete checkpoint
+
+A checkpoint is written into a temporary directory, fsynced and renamed into place; only then is
+``latest`` replaced (``os.replace`` is atomic), and older checkpoints are removed. A crash at any
+point leaves ``latest`` naming a complete checkpoint. ``state.json`` records each tensor file's
+SHA-256, so truncation or bit rot is reported instead of silently loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import LeantrainError
+
+FORMAT = 1
+FILES = ("model", "optimizer", "rng")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    rng: dict[str, torch.Tensor]
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name, tied weights once (safetensors refuses shared storage)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def optimizer_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state keyed ``<param name>/<slot>`` so it survives surgery and reordering."""
+    out = {}
+    for name, p in model.named_parameters():
+        for slot, v in opt.state.get(p, {}).items():
+            out[f"{name}/{slot}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def load_optimizer_state(model, opt, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for key, v in tensors.items():
+        name, slot = key.rsplit("/", 1)
+        if name not in params:
+            raise LeantrainError(f"checkpoint optimizer state names unknown parameter {name!r}")
+        opt.state[params[name]][slot] = v.clone()
+
+
+def load_model_tensors(model, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    expected = model_tensors(model)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise LeantrainError(f"checkpoint {where} does not match the model: "
+                             f"missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, t in expected.items():
+        if t.shape != tensors[name].shape:
+            raise LeantrainError(f"checkpoint {where} does not match the model: {name} has shape "
+                                 f"{tuple(tensors[name].shape)} there, {tuple(t.shape)} here")
+    with torch.no_grad():
+        for name, t in expected.items():
+            t.copy_(tensors[name])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write checkpoint ``step`` atomically; returns its directory."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        meta = {**meta, "format": FORMAT, "step": step, "sha256": {}}
+        for kind in FILES:
+            f = tmp / f"{kind}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors[kind].items()}, f)
+            _fsync(f)
+            meta["sha256"][kind] = _sha256(f)
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        _fsync(tmp / "state.json")
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / "latest", name + "\n")
+    for old in root.iterdir():  # keep only the newest complete checkpoint
+        if old.name not in (name, "latest") and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory (follows ``checkpoints/latest``) or a checkpoint directory."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        ckpt = path / "checkpoints" / latest.read_text().strip()
+        if (ckpt / "state.json").is_file():
+            return ckpt
+        raise LeantrainError(f"corrupt checkpoint: {latest} names {ckpt.name}, which is missing")
+    if not path.exists():
+        raise LeantrainError(f"checkpoint not found: {path}")
+    raise LeantrainError(f"no checkpoint in {path} (expected checkpoints/latest or state.json)")
+
+
+def read_meta(path: str | Path) -> dict:
+    """Just ``state.json`` (validated), e.g. to read a checkpoint's recipe before building a model."""
+    ckpt = resolve(path)
+    try:
+        meta = json.loads((ckpt / "state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeantrainError(f"corrupt checkpoint {ckpt}: state.json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LeantrainError(f"corrupt checkpoint {ckpt}: unknown format {meta.get('format')!r}"
+                             if isinstance(meta, dict) else f"corrupt checkpoint {ckpt}: bad state.json")
+    return meta
+
+
+def load(path: str | Path) -> Checkpoint:
+    ckpt = resolve(path)
+    meta = read_meta(ckpt)
+    tensors = {}
+    for kind in FILES:
+        f = ckpt / f"{kind}.safetensors"
+        if not f.is_file():
+            raise LeantrainError(f"corrupt checkpoint {ckpt}: {f.name} is missing")
+        if _sha256(f) != meta.get("sha256", {}).get(kind):
+            raise LeantrainError(f"corrupt checkpoint {ckpt}: {f.name} fails its checksum")
+        try:
+            tensors[kind] = load_file(f)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise LeantrainError(f"corrupt checkpoint {ckpt}: cannot read {f.name} ({e})") from None
+    return Checkpoint(ckpt, meta, tensors["model"], tensors["optimizer"], tensors["rng"])

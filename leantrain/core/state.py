@@ -1,0 +1,52 @@
+"""The small mutable training state every method sees."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from ..data import CharData
+    from ..recipe import Recipe
+
+
+@dataclass
+class State:
+    recipe: "Recipe"
+    model: torch.nn.Module
+    """The unwrapped model (never the DDP wrapper): methods address ``model.blocks`` etc."""
+    optimizer: torch.optim.Optimizer | None
+    data: "CharData"
+    step: int = 0
+    """Optimizer steps completed."""
+    loss: float | None = None
+    """Training loss of the last step (this rank)."""
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    rank: int = 0
+    world_size: int = 1
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Method metrics for the next metrics row, namespaced ``method/name``."""
+    rebuild: dict[str, str] | None = None
+    """Set by :meth:`request_rebuild`; the trainer consumes it."""
+
+    @property
+    def max_steps(self) -> int:
+        return self.recipe.train.max_steps
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return self.step / self.max_steps
+
+    def log(self, key: str, value: Any) -> None:
+        self.metrics[key] = value
+
+    def request_rebuild(self, copy_optimizer_state: dict[str, str] | None = None) -> None:
+        """After surgery: rebuild the optimizer (and DDP) for the model's current parameters.
+
+        Parameters that survive keep their optimizer state. ``copy_optimizer_state`` maps a new
+        parameter's name to an old parameter's name whose AdamW moments it should start from.
+        """
+        self.rebuild = {**(self.rebuild or {}), **(copy_optimizer_state or {})}

@@ -1,0 +1,384 @@
+"""The training loop: events, methods, measurement, checkpoints, DDP. Features live in methods."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .. import measure
+from ..config import to_dict
+from ..data import BatchSampler, CharData, fixed_batches
+from ..errors import ConfigError, LeantrainError
+from ..recipe import Recipe
+from ..registry import get_method, get_model
+from . import checkpoint, distributed
+from .events import Event
+from .method import Method
+from .state import State
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def lr_at(step: int, t) -> float:
+    """nanoGPT's schedule: linear warm-up, cosine decay to min_lr at ``decay_steps``, then flat."""
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / (t.warmup_steps + 1)
+    if step > t.decay_steps:
+        return t.min_lr
+    ratio = (step - t.warmup_steps) / (t.decay_steps - t.warmup_steps)
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.lr - t.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, t) -> torch.optim.AdamW:
+    """AdamW; weight decay only on ≥ 2-D tensors (matmul weights, embeddings), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+def check_combination(methods: list[Method]) -> None:
+    strategies = [m.name for m in methods if m.kind == "step_strategy"]
+    if len(strategies) > 1:
+        raise ConfigError(f"methods {strategies[0]!r} and {strategies[1]!r} both replace the training "
+                          "step; at most one step strategy can be active")
+    groups: dict[str, str] = {}
+    for m in methods:
+        if m.exclusive_group in groups:
+            raise ConfigError(f"methods {groups[m.exclusive_group]!r} and {m.name!r} cannot be combined "
+                              f"(both are {m.exclusive_group} methods)")
+        if m.exclusive_group:
+            groups[m.exclusive_group] = m.name
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    if name == "cuda":
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device(name)
+
+
+class Trainer:
+    """Train ``recipe`` into ``out_dir``.
+
+    ``methods`` adds Method objects made in Python to those the recipe names. ``resume`` is a run
+    or checkpoint directory to continue from; ``overwrite`` allows replacing another run in
+    ``out_dir``. Everything is checked before anything is written.
+    """
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path | None = None, *, methods: list[Method] = (),
+                 resume: str | Path | None = None, overwrite: bool = False, progress: bool | None = None,
+                 verbose: bool = True):
+        self.recipe = recipe
+        t = recipe.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        self.rank, self.world = distributed.setup(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.main = self.rank == 0
+        self.verbose = verbose and self.main
+        self.out_dir = Path(out_dir) if out_dir else None
+
+        self.data = CharData(recipe.data)
+        mcfg = recipe.model
+        if getattr(mcfg, "vocab_size", None) is None:
+            mcfg.vocab_size = self.data.vocab_size
+        elif mcfg.vocab_size < self.data.vocab_size:
+            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the data's "
+                              f"{self.data.vocab_size} characters")
+        self.data.check_block_size(mcfg.block_size, t.batch_size)
+
+        self.methods = [get_method(n)(c) for n, c in recipe.methods] + list(methods)
+        check_combination(self.methods)
+        self.strategy = next((m for m in self.methods if m.kind == "step_strategy"), None)
+
+        torch.manual_seed(t.seed)
+        factory, _ = get_model(recipe.model_name)
+        model = factory(mcfg).to(self.device)
+        self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
+                           rank=self.rank, world_size=self.world)
+        for m in self.methods:
+            m.check(self.state)
+
+        ckpt = checkpoint.load(resume) if resume is not None else None
+        if ckpt is not None:
+            self._check_compatible(ckpt)
+        if self.main and self.out_dir is not None:
+            self._prepare_out_dir(ckpt, overwrite)
+        distributed.barrier()
+
+        self.sampler = BatchSampler(self.data.train, mcfg.block_size, t.batch_size, t.seed,
+                                    self.rank, self.world)
+        self.val_batches = fixed_batches(self.data.val, mcfg.block_size, t.batch_size, t.eval_iters,
+                                         recipe.data.val_seed)
+        self.train_eval_batches = fixed_batches(self.data.train, mcfg.block_size, t.batch_size,
+                                                t.eval_iters, recipe.data.val_seed + 1) if t.eval_train else []
+        self.meter = measure.StepMeter()
+        self.seconds = 0.0
+        self.eval_seconds = 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.start_step = 0
+        self.state.optimizer = build_optimizer(model, t)
+        if ckpt is not None:
+            self._restore(ckpt)
+        self._wrap()
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.main
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _check_compatible(self, ckpt: checkpoint.Checkpoint) -> None:
+        saved = ckpt.meta["recipe"]["model"]
+        here = self.recipe.to_dict()["model"]
+        diff = [k for k in sorted(set(saved) | set(here)) if saved.get(k) != here.get(k)]
+        if diff:
+            k = diff[0]
+            raise LeantrainError(f"checkpoint {ckpt.path} does not match the recipe: model.{k} is "
+                                 f"{saved.get(k)!r} in the checkpoint, {here.get(k)!r} in the recipe")
+        names = [m["name"] for m in ckpt.meta["methods"]]
+        if names != [m.name for m in self.methods]:
+            raise LeantrainError(f"checkpoint {ckpt.path} was trained with methods {names}, "
+                                 f"the recipe has {[m.name for m in self.methods]}")
+        if ckpt.meta["world_size"] != self.world:
+            raise LeantrainError(f"checkpoint {ckpt.path} was written by {ckpt.meta['world_size']} "
+                                 f"process(es); resume with the same number (now {self.world})")
+        if ckpt.meta["step"] > self.recipe.train.max_steps:
+            raise ConfigError(f"train.max_steps={self.recipe.train.max_steps} is below the checkpoint's "
+                              f"step {ckpt.meta['step']}")
+
+    def _prepare_out_dir(self, ckpt, overwrite: bool) -> None:
+        out = self.out_dir
+        continuing = ckpt is not None and ckpt.path.parent.parent.resolve() == out.resolve()
+        existing = [f for f in RUN_FILES if (out / f).exists()]
+        if existing and not continuing:
+            if not overwrite:
+                why = "another run"
+                cfg = out / "config.json"
+                try:
+                    if cfg.is_file() and json.loads(cfg.read_text()) == self.recipe.to_dict():
+                        why = "a run of this recipe (use --resume to continue it)"
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+                raise LeantrainError(f"output directory {out} already holds {why}; "
+                                     "pass --overwrite to replace it")
+            for f in existing:
+                (shutil.rmtree if (out / f).is_dir() else Path.unlink)(out / f)
+        out.mkdir(parents=True, exist_ok=True)
+        if continuing:  # drop rows logged after the checkpoint by the interrupted run
+            rows = self._read_metrics()
+            self._write_lines(out / "metrics.jsonl", [r for r in rows if r["step"] <= ckpt.meta["step"]])
+        checkpoint.write_text_atomic(out / "config.json", json.dumps(self.recipe.to_dict(), indent=1))
+
+    def _read_metrics(self) -> list[dict]:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash
+        return rows
+
+    @staticmethod
+    def _write_lines(path: Path, rows: list[dict]) -> None:
+        checkpoint.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def _wrap(self) -> None:
+        model = self.state.model
+        if distributed.active():
+            unused = any(m.find_unused_parameters for m in self.methods)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DDP(model, device_ids=ids, find_unused_parameters=unused)
+        else:
+            self.ddp_model = model
+        self._param_names = dict(model.named_parameters())
+
+    def _rebuild(self, copy_from: dict[str, str]) -> None:
+        """Fresh optimizer for the current parameters, keeping (or copying) AdamW state; re-wrap DDP."""
+        old, old_names = self.state.optimizer, self._param_names
+        new = build_optimizer(self.state.model, self.recipe.train)
+        for name, p in self.state.model.named_parameters():
+            if p in old.state:
+                new.state[p] = old.state[p]
+            elif name in copy_from and old_names.get(copy_from[name]) in old.state:
+                new.state[p] = {k: v.clone() for k, v in old.state[old_names[copy_from[name]]].items()}
+        self.state.optimizer = new
+        self._wrap()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        rng = {"sampler": self.sampler.state(), "torch": torch.get_rng_state()}
+        all_rng = distributed.gather(rng)
+        if not self.main or self.out_dir is None:
+            return
+        tensors = {"model": checkpoint.model_tensors(self.state.model),
+                   "optimizer": checkpoint.optimizer_tensors(self.state.model, self.state.optimizer),
+                   "rng": {f"{k}/rank{r}": v for r, d in enumerate(all_rng) for k, v in d.items()}}
+        meta = {"recipe": self.recipe.to_dict(), "vocab": self.data.chars, "world_size": self.world,
+                "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
+                "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
+                "peak_activation_bytes": self.meter.peak_activation_bytes,
+                "loss_acc": [self.loss_sum, self.loss_count],
+                "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
+        checkpoint.save(self.out_dir, self.state.step, meta, tensors)
+
+    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        meta, s = ckpt.meta, self.state
+        s.step = self.start_step = meta["step"]
+        s.val_loss, s.best_val_loss = meta["val_loss"], meta["best_val_loss"]
+        for m, saved in zip(self.methods, meta["methods"]):
+            m.load_state_dict(saved["state"])
+            m.restore(s)
+        s.rebuild = None
+        checkpoint.load_model_tensors(s.model, ckpt.model, ckpt.path)
+        s.optimizer = build_optimizer(s.model, self.recipe.train)
+        checkpoint.load_optimizer_state(s.model, s.optimizer, ckpt.optimizer)
+        self.sampler.set_state(ckpt.rng[f"sampler/rank{self.rank}"])
+        torch.set_rng_state(ckpt.rng[f"torch/rank{self.rank}"])
+        self.meter.total_flops = meta["flops"]
+        self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
+        self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
+        self.loss_sum, self.loss_count = meta["loss_acc"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def dispatch(self, event: Event) -> None:
+        for m in (reversed(self.methods) if event.reverse else self.methods):
+            m.on_event(event, self.state)
+
+    def _forward_backward(self, x, y) -> torch.Tensor:
+        if self.strategy is not None:
+            return self.strategy.training_step(self.state, self.ddp_model, x, y)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.recipe.train.amp):
+            _, loss = self.ddp_model(x, y)
+        loss.backward()
+        return loss.detach()
+
+    def train_step(self) -> None:
+        s, t = self.state, self.recipe.train
+        t0 = time.perf_counter()
+        self.dispatch(Event.STEP_START)
+        if s.rebuild is not None:
+            self._rebuild(s.rebuild)
+            s.rebuild = None
+        lr = lr_at(s.step, t)
+        for g in s.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = (v.to(self.device) for v in self.sampler.next())
+        key = (tuple(x.shape), s.model.shape_key(),
+               tuple(m.flop_key(s) for m in self.methods))
+        loss = self.meter.step(key, lambda: self._forward_backward(x, y), s.model.parameters())
+        self.dispatch(Event.AFTER_BACKWARD)
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        s.loss = loss.item()
+        self.loss_sum += s.loss
+        self.loss_count += 1
+        s.metrics["lr"] = lr
+        self.dispatch(Event.STEP_END)
+        self.seconds += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _eval_loss(self, batches) -> float:
+        mine = batches[self.rank::self.world]
+        total = sum(self.state.model(x.to(self.device), y.to(self.device))[1].item() for x, y in mine)
+        s, n = distributed.mean([total, float(len(mine))])  # mean of per-rank sums / counts
+        return s / n
+
+    def evaluate(self) -> dict:
+        t0 = time.perf_counter()
+        s = self.state
+        s.model.eval()
+        self.dispatch(Event.EVAL_START)
+        row = {"val_loss": self._eval_loss(self.val_batches)}
+        if self.train_eval_batches:
+            row["train_eval_loss"] = self._eval_loss(self.train_eval_batches)
+        s.model.train()
+        s.val_loss = row["val_loss"]
+        s.best_val_loss = s.val_loss if s.best_val_loss is None else min(s.best_val_loss, s.val_loss)
+        self.dispatch(Event.EVAL_END)
+        self.eval_seconds += time.perf_counter() - t0
+        return row
+
+    def _metrics_row(self, extra: dict) -> dict:
+        t, s = self.recipe.train, self.state
+        row = {"step": s.step}
+        if self.loss_count:
+            row["train_loss"] = distributed.mean([self.loss_sum / self.loss_count])[0]
+            self.loss_sum, self.loss_count = 0.0, 0
+        row.update(extra)
+        row.update({"lr": s.metrics.pop("lr", lr_at(s.step, t)),
+                    "flops": self.meter.total_flops * self.world, "seconds": self.seconds,
+                    "tokens": s.step * t.batch_size * s.model.config.block_size * self.world})
+        row.update(s.metrics)
+        s.metrics.clear()
+        return row
+
+    def _emit(self, row: dict) -> None:
+        if not self.main:
+            return
+        if self.out_dir is not None:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.verbose and not self.progress and "val_loss" in row:
+            extra = "".join(f" | {k} {v:.4g}" for k, v in row.items()
+                            if "/" in k and isinstance(v, (int, float)))
+            train = f"{row['train_loss']:.4f}" if "train_loss" in row else "-"
+            print(f"step {row['step']:>6d} | train {train} | val {row['val_loss']:.4f} | "
+                  f"{row['seconds']:.1f}s{extra}", flush=True)
+
+    def fit(self, until: int | None = None) -> dict:
+        """Train to ``max_steps`` (or stop after step ``until``, checkpointed). Returns the summary."""
+        s, t = self.state, self.recipe.train
+        stop = t.max_steps if until is None else min(until, t.max_steps)
+        s.model.train()
+        self.dispatch(Event.FIT_START)
+        if s.step == 0:
+            self._emit(self._metrics_row(self.evaluate()))
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=t.max_steps, initial=s.step, unit="step", dynamic_ncols=True)
+        while s.step < stop:
+            self.train_step()
+            evaluated = s.step % t.eval_interval == 0 or s.step == t.max_steps
+            if evaluated or s.step % t.log_interval == 0:
+                row = self._metrics_row(self.evaluate() if evaluated else {})
+                self._emit(row)
+                if bar is not None:
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_loss") if k in row})
+            if bar is not None:
+                bar.update(1)
+            if t.checkpoint_interval and s.step % t.checkpoint_interval == 0 and s.step < stop:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self.dispatch(Event.FIT_END)
+        self.save_checkpoint()
+        summary = self.summary()
+        if self.main and self.out_dir is not None:
+            checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
+        return summary
+
+    def summary(self) -> dict:
+        t, s = self.recipe.train, self.state
+        tokens = s.step * t.batch_size * s.model.config.block_size * self.world
+        return {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss,
+                "train_flops": self.meter.total_flops * self.world, "wall_seconds": self.seconds,
+                "eval_seconds": self.eval_seconds, "tokens_per_second": tokens / max(self.seconds, 1e-9),
+                "peak_activation_bytes": self.meter.peak_activation_bytes, "steps": s.step,
+                "finished": s.step >= t.max_steps, "world_size": self.world,
+                "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()}

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+_aten = torch.ops.aten
+
+
+def _cpu_flash_fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode (torch 2.13) knows the CUDA SDPA kernels but not the CPU flash kernel, which would
+# make attention free on CPU. Count it with torch's own SDPA formulas.
+_EXTRA_FORMULAS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd,
+}
+
+
+class _SavedBytes:
+    """Sum of distinct non-parameter storages saved for backward while active."""
+
+    def __init__(self, params):
+        self.param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+            return t
+        ptr = storage.data_ptr()
+        if ptr not in self.param_ptrs and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+
+@contextlib.contextmanager
+def saved_tensor_bytes(params) -> Iterator[_SavedBytes]:
+    """Measure bytes saved for backward in the block. All saved tensors stay alive until backward,
+    so the total at the end of the forward pass is the peak."""
+    rec = _SavedBytes(params)
+    with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
+        yield rec
+
+
+def count_step(fn: Callable[[], object], params) -> tuple[int, int, object]:
+    """Run ``fn`` (forward + backward) once under both counters: (flops, saved bytes, result)."""
+    flop_counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    with flop_counter, saved_tensor_bytes(params) as saved:
+        out = fn()
+    return flop_counter.get_total_flops(), saved.bytes, out
+
+
+class StepMeter:
+    """Per-run totals: measured FLOPs (cached per step shape) and peak saved-for-backward bytes."""
+
+    def __init__(self):
+        self.flops_by_key: dict[Hashable, int] = {}
+        self.total_flops = 0
+        self.peak_activation_bytes = 0
+
+    def step(self, key: Hashable, fn: Callable[[], object], params) -> object:
+        """Run one training step ``fn``, adding its FLOPs (measured the first time ``key`` is seen)."""
+        if key in self.flops_by_key:
+            out = fn()
+        else:
+            flops, saved, out = count_step(fn, params)
+            self.flops_by_key[key] = flops
+            self.peak_activation_bytes = max(self.peak_activation_bytes, saved)
+        self.total_flops += self.flops_by_key[key]
+        return out
+
+
+def analytic_gpt_flops(n_layer: int, n_embd: int, block_size: int, vocab_size: int, batch_size: int,
+                       train: bool = True) -> int:
+    """Independent count of a GPT step's matmul FLOPs (2 per MAC), no elementwise ops.
+
+    Per token and block: qkv 2·3C², output projection 2·C², MLP 2·8C², attention scores and values
+    2·2·T·C (SDPA computes the full T×T product; causality is a mask). Head: 2·C·V. Backward costs
+    twice the forward matmuls, plus one recomputation of the scores (flash-style SDPA backward).
+    """
+    C, T, L, V = n_embd, block_size, n_layer, vocab_size
+    tokens = batch_size * T
+    dense = tokens * (L * 24 * C * C + 2 * C * V)
+    attn = tokens * L * 4 * T * C
+    if not train:
+        return dense + attn
+    return 3 * dense + attn + 2 * attn + attn // 2  # attention backward: 5 bmm of the forward's 2

@@ -1,0 +1,136 @@
+"""A recipe = data + model + train sections and a list of methods. YAML, ``--set`` and Python agree.
+
+    data:    {path: null}                       # DataConfig
+    model:   {name: gpt, n_layer: 4, ...}        # the registered model's config dataclass
+    train:   {max_steps: 2000, lr: 1.0e-3, ...}  # TrainConfig
+    methods: [{name: raptr, ...}, ...]           # each method's Config dataclass
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import apply_overrides, build, check, load_yaml, to_dict
+from .data import DataConfig
+from .errors import ConfigError
+from .registry import get_method, get_model
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    """Optimizer steps in the whole run (the LR schedule spans them)."""
+    batch_size: int = 12
+    """Sequences per step (per rank under DDP)."""
+    lr: float = 1e-3
+    """Peak learning rate, reached after warm-up."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps (nanoGPT's formula: lr·(t+1)/(warmup+1))."""
+    lr_decay_steps: int | None = None
+    """Step at which the cosine reaches min_lr; null = max_steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to parameters with ≥ 2 dimensions only."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.99
+    """AdamW β2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables."""
+    eval_interval: int = 250
+    """Evaluate every N steps (also before the first step and after the last)."""
+    eval_iters: int = 20
+    """Fixed validation batches per evaluation."""
+    eval_train: bool = False
+    """Also evaluate fixed training batches (logs train_eval_loss, for overfitting gaps)."""
+    log_interval: int = 10
+    """Write a metrics row every N steps."""
+    checkpoint_interval: int = 0
+    """Save a checkpoint every N steps; 0 = only at the end."""
+    seed: int = 1337
+    """Seed for initialisation, batch sampling, dropout and method randomness."""
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    """Where to train; auto = cuda if available."""
+    amp: bool = False
+    """bfloat16 autocast (CUDA only)."""
+    threads: int | None = None
+    """torch.set_num_threads; null = leave PyTorch's default."""
+
+    def validate(self) -> None:
+        for key in ("max_steps", "batch_size", "eval_interval", "eval_iters", "log_interval"):
+            check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
+        for key in ("warmup_steps", "checkpoint_interval"):
+            check(getattr(self, key) >= 0, key, f"must be ≥ 0, got {getattr(self, key)}")
+        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        check(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "AdamW betas must be in [0, 1)")
+        check(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
+        check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps, "lr_decay_steps",
+              "must exceed warmup_steps")
+        check(self.threads is None or self.threads > 0, "threads", "must be positive")
+
+    @property
+    def decay_steps(self) -> int:
+        return self.lr_decay_steps or self.max_steps
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    model_name: str = "gpt"
+    model: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: list[tuple[str, Any]] = field(default_factory=list)
+
+    SECTIONS = ("data", "model", "train", "methods")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Recipe":
+        d = dict(d or {})
+        for key in d:
+            if key not in cls.SECTIONS:
+                close = difflib.get_close_matches(key, cls.SECTIONS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}; sections are {', '.join(cls.SECTIONS)}")
+        model = dict(d.get("model") or {})
+        if not isinstance(d.get("model") or {}, dict):
+            raise ConfigError("model: expected a mapping of options")
+        name = model.pop("name", "gpt")
+        _, model_cfg = get_model(str(name))
+        methods_raw = d.get("methods") or []
+        if not isinstance(methods_raw, list):
+            raise ConfigError("methods: expected a list of {name: ..., <options>}")
+        methods = []
+        for i, entry in enumerate(methods_raw):
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise ConfigError(f"methods[{i}]: expected {{name: ..., <options>}}, got {entry!r}")
+            opts = dict(entry)
+            mname = str(opts.pop("name"))
+            methods.append((mname, build(get_method(mname).Config, opts, f"methods.{mname}")))
+        names = [n for n, _ in methods]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"methods: {sorted(dup)[0]!r} is listed twice")
+        return cls(data=build(DataConfig, d.get("data"), "data"), model_name=str(name),
+                   model=build(model_cfg, model, "model"),
+                   train=build(TrainConfig, d.get("train"), "train"), methods=methods)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> "Recipe":
+        data = load_yaml(path) if path else {}
+        return cls.from_dict(apply_overrides(data, list(overrides)))
+
+    def to_dict(self) -> dict:
+        return {"data": to_dict(self.data), "model": {"name": self.model_name, **to_dict(self.model)},
+                "train": to_dict(self.train),
+                "methods": [{"name": n, **to_dict(c)} for n, c in self.methods]}
+
+    def replace(self, **sections) -> "Recipe":
+        return dataclasses.replace(self, **sections)

@@ -1,0 +1,57 @@
+"""Registries of models and methods, so the CLI, recipes and tests can enumerate everything."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable
+
+from .errors import ConfigError
+
+MODELS: dict[str, tuple[Callable, type]] = {}
+METHODS: dict[str, type] = {}
+
+
+def register_model(name: str, config: type) -> Callable:
+    """Decorate a factory ``fn(config) -> nn.Module``; ``config`` is its dataclass."""
+    def wrap(fn: Callable) -> Callable:
+        MODELS[name] = (fn, config)
+        return fn
+    return wrap
+
+
+def register_method(cls: type) -> type:
+    """Class decorator for :class:`leantrain.core.method.Method` subclasses (keyed by ``cls.name``)."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _lookup(table: dict, name: str, kind: str):
+    _ensure_loaded()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def get_model(name: str) -> tuple[Callable, type]:
+    return _lookup(MODELS, name, "model")
+
+
+def get_method(name: str) -> type:
+    return _lookup(METHODS, name, "method")
+
+
+def list_methods(pattern: str = "*") -> list[type]:
+    _ensure_loaded()
+    return [METHODS[n] for n in sorted(METHODS) if fnmatch.fnmatch(n, pattern)]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    _ensure_loaded()
+    return [n for n in sorted(MODELS) if fnmatch.fnmatch(n, pattern)]
+
+
+def _ensure_loaded() -> None:
+    # Importing the packages runs their @register_* decorators.
+    from . import methods, models  # noqa: F401
