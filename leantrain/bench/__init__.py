@@ -13,4 +13,13 @@ def register_bench(name: str, help: str, add_args: Callable = lambda p: None) ->
     return wrap
 
 
-from . import overhead  # noqa: E402,F401  (registers)
+def _load_suites() -> None:
+    """Import every suite module in this package (each registers itself)."""
+    import importlib
+    import pkgutil
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name != "common":
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_load_suites()
