@@ -12,7 +12,6 @@ $(BIN)/python:
 # torch is pinned first: 2.13.0 is the CPU build available offline on our machines; installing it
 # before the package keeps pip from pulling a CUDA build to satisfy the looser range in pyproject.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)

@@ -124,6 +124,14 @@ class BatchSampler:
         self.gen.set_state(s)
 
 
+def split_windows(data: torch.Tensor, block_size: int, batch_size: int):
+    """Every non-overlapping window of a split, in order, batched: for whole-split evaluation."""
+    n = (len(data) - 1) // block_size
+    starts = torch.arange(n) * block_size
+    for chunk in starts.split(batch_size):
+        yield windows(data, chunk, block_size)
+
+
 def fixed_batches(data: torch.Tensor, block_size: int, batch_size: int, n_batches: int, seed: int):
     """The same ``n_batches`` windows every time: evaluations are comparable across runs."""
     gen = torch.Generator().manual_seed(seed)

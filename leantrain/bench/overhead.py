@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core import Trainer
-from ..data import BatchSampler, CharData
+from ..data import BatchSampler, CharData, split_windows
 from ..recipe import Recipe
 from . import register_bench
 from .common import seeds_for, stderr_log, write_outputs
@@ -27,8 +27,10 @@ from .common import seeds_for, stderr_log, write_outputs
 # the recipe in recipes/baseline_char.yaml: `train.py config/train_shakespeare_char.py --device=cpu
 # --compile=False --eval_iters=20 --eval_interval=250 --block_size=64 --batch_size=12 --n_layer=4
 # --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`, torch 2.13.0 CPU,
-# 2 cores, 2026-11-22. Its eval draws 20 random validation batches (leantrain uses 20 fixed ones).
-NANOGPT_REFERENCE = {"val_loss": 1.9916, "ms_per_step": 31.66, "steps": 2000}
+# 2 cores, 2026-11-22 (seed 1337, its only one). Its eval draws 20 random validation batches; the
+# whole-split figure is its final ckpt.pt evaluated with its own model.py on every non-overlapping
+# 64-character window of the validation split (the same windows as split_loss below).
+NANOGPT_REFERENCE = {"val_loss": 1.9916, "full_val_split_loss": 1.9696, "ms_per_step": 31.66, "steps": 2000}
 
 
 def plain_loop(recipe: Recipe, steps: int, seed: int) -> tuple[list[float], float]:
@@ -68,6 +70,17 @@ def plain_loop(recipe: Recipe, steps: int, seed: int) -> tuple[list[float], floa
     return losses, time.perf_counter() - t0
 
 
+@torch.no_grad()
+def split_loss(model: torch.nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
+    """Mean loss over every non-overlapping window of a split: a low-noise quality figure."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in split_windows(tokens, block_size, batch_size):
+        total += model(x, y)[1].item() * len(x)
+        count += len(x)
+    return total / count
+
+
 def leantrain_round(recipe: Recipe, steps: int, seed: int) -> tuple[float, dict]:
     r = Recipe.from_dict(recipe.to_dict())
     r.train.max_steps, r.train.seed, r.train.eval_interval = steps, seed, steps
@@ -75,6 +88,10 @@ def leantrain_round(recipe: Recipe, steps: int, seed: int) -> tuple[float, dict]
     with tempfile.TemporaryDirectory() as tmp:
         s = Trainer(r, tmp, verbose=False, progress=False).fit()
     return s["wall_seconds"], s
+
+
+def _mean_std(vals: list[float]) -> str:
+    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.4f}"
 
 
 def _add_args(p) -> None:
@@ -107,10 +124,14 @@ def run(args) -> int:
             r = Recipe.from_dict(recipe.to_dict())
             r.train.seed = seed
             with tempfile.TemporaryDirectory() as tmp:
-                s = Trainer(r, tmp, verbose=False, progress=False).fit()
-            parity.append({"seed": seed, "final_val_loss": s["final_val_loss"],
+                trainer = Trainer(r, tmp, verbose=False, progress=False)
+                s = trainer.fit()
+            full = split_loss(trainer.state.model, trainer.data.val, r.model.block_size)
+            windows = (len(trainer.data.val) - 1) // r.model.block_size
+            parity.append({"seed": seed, "final_val_loss": s["final_val_loss"], "full_val_split_loss": full,
                            "ms_per_step": 1000 * s["wall_seconds"] / s["steps"]})
-            stderr_log(f"  parity seed {seed}: val {s['final_val_loss']:.4f}, {parity[-1]['ms_per_step']:.1f} ms/step")
+            stderr_log(f"  parity seed {seed}: val {s['final_val_loss']:.4f} (whole split {full:.4f}), "
+                       f"{parity[-1]['ms_per_step']:.1f} ms/step")
 
     rows = [{"suite": "overhead", "method": "plain_loop", "round": i, "ms_per_step": p} for i, p in enumerate(plain_ms)]
     rows += [{"suite": "overhead", "method": "leantrain", "round": i, "ms_per_step": v} for i, v in enumerate(lt_ms)]
@@ -128,18 +149,23 @@ def run(args) -> int:
              "Both include the first step; leantrain's first step also runs FlopCounterMode and the "
              "saved-tensor hooks (measurement), and its time excludes evaluation, as the plain loop has none."]
     if parity:
-        vals = [p["final_val_loss"] for p in parity]
-        mean = statistics.mean(vals)
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         ref = NANOGPT_REFERENCE
+        fixed = [p["final_val_loss"] for p in parity]
+        whole = [p["full_val_split_loss"] for p in parity]
+        diff = statistics.mean(whole) - ref["full_val_split_loss"]
         lines += ["", "## Parity with nanoGPT (baseline recipe, 2000 steps)", "",
-                  "| | final val loss | ms/step |", "|---|---|---|",
-                  f"| nanoGPT train.py (reference, 1 run) | {ref['val_loss']:.4f} | {ref['ms_per_step']:.1f} |",
-                  f"| leantrain ({len(vals)} seed(s)) | {mean:.4f} ± {std:.4f} | "
-                  f"{statistics.median(p['ms_per_step'] for p in parity):.1f} |", "",
-                  f"Difference: {mean - ref['val_loss']:+.4f} (bar: within ±0.03). nanoGPT's figure was "
-                  "measured once on this machine with its own train.py (see NANOGPT_REFERENCE in "
-                  "leantrain/bench/overhead.py); its eval uses random batches, ours a fixed set."]
+                  "| | val loss, eval batches | val loss, whole validation split | ms/step |",
+                  "|---|---|---|---|",
+                  f"| nanoGPT train.py (reference, 1 run, seed 1337) | {ref['val_loss']:.4f} (20 random batches) | "
+                  f"{ref['full_val_split_loss']:.4f} | {ref['ms_per_step']:.1f} |",
+                  f"| leantrain ({len(parity)} seed(s)) | {_mean_std(fixed)} (20 fixed batches) | "
+                  f"{_mean_std(whole)} | {statistics.median(p['ms_per_step'] for p in parity):.1f} |", "",
+                  f"Difference on the whole validation split ({windows:,} non-overlapping windows, the "
+                  f"same for both): {diff:+.4f} — {'within' if abs(diff) <= 0.03 else 'OUTSIDE'} the ±0.03 bar. "
+                  "Twenty 12×64 batches give a noisy figure (nanoGPT's went up from 1.976 at step 1750 to "
+                  "1.992 at 2000), so the whole split is the comparison that counts. nanoGPT's figures were "
+                  "measured once on this machine with its own, unmodified train.py (see NANOGPT_REFERENCE "
+                  "in leantrain/bench/overhead.py)."]
     report = "\n".join(lines) + "\n"
     write_outputs(args.out, rows, report)
     print(report)
