@@ -15,6 +15,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # (label, recipe file, --set overrides). The baseline is nanoGPT's CPU recipe, shortened to 1000 steps.
 DEMO_RUNS = [
     ("baseline", "baseline_char.yaml", ["train.max_steps=1000"]),
+    # RaPTr on the same model: random paths of 2 → 3 → 4 of the 4 blocks (0.75 of the block FLOPs).
+    ("raptr", "raptr_char.yaml", ["train.max_steps=1000"]),
 ]
 
 

@@ -40,6 +40,7 @@ class Run:
     seed: int
     summary: dict
     curve: list[dict] = field(default_factory=list)  # metrics rows with val_loss
+    rows: list[dict] = field(default_factory=list)  # every metrics row (train loss, method metrics)
 
 
 def run_job(job: Job, seed: int, out_dir: Path | None = None) -> Run:
@@ -49,7 +50,7 @@ def run_job(job: Job, seed: int, out_dir: Path | None = None) -> Run:
         out = Path(out_dir or tmp)
         summary = Trainer(Recipe.from_dict(recipe), out, overwrite=True, verbose=False, progress=False).fit()
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return Run(job, seed, summary, [r for r in rows if "val_loss" in r] if rows else [])
+    return Run(job, seed, summary, [r for r in rows if "val_loss" in r], rows)
 
 
 def run_interleaved(jobs: list[Job], seeds: list[int], log=print) -> list[Run]:
@@ -152,7 +153,8 @@ def write_outputs(out: Path, rows: list[dict], report: str) -> None:
     (out / "report.md").write_text(report)
 
 
-def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, title: str, logx: bool = False) -> None:
+def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, title: str, logx: bool = False,
+                target_label: str = "target (baseline final)") -> None:
     """Validation loss against ``x`` (flops / seconds / step), one line per method (seed mean of x and y)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -165,7 +167,7 @@ def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, title: str, l
         ys = [statistics.mean(c[i]["val_loss"] for c in curves) for i in range(n)]
         ax.plot(xs[1:], ys[1:], marker=".", label=m)  # skip step 0 (untrained, off the scale)
     targets = {r["target_val_loss"] for r in rows}
-    ax.axhline(statistics.mean(targets), color="grey", ls="--", lw=0.8, label="target (baseline final)")
+    ax.axhline(statistics.mean(targets), color="grey", ls="--", lw=0.8, label=target_label)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

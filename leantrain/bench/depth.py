@@ -1,0 +1,253 @@
+"""``leantrain bench depth``: RaPTr (depth, width, both) against full training, the compute-matched
+shorter schedule, and stochastic depth, PLD and gradual stacking matched to RaPTr's FLOPs.
+
+A deeper, narrow character GPT (12 blocks × 64 dims) on the bundled Shakespeare corpus, so there
+are enough blocks to drop. Every depth method spends the same expected block FLOPs as RaPTr depth
+(6-8-10-12 of 12 blocks in four equal stages = 0.75 of the blocks): stacking by its 6-9-12 schedule
+(as in the RaPTr paper), stochastic depth and PLD by a rate solved for it (bisection on each
+method's exact expected fraction). The shorter baseline runs max_steps × RaPTr's expected *total*
+FLOP fraction (embedding and head included), with the whole LR schedule compressed.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..config import build
+from ..data import CharData, DataConfig
+from ..measure import analytic_gpt_flops
+from ..methods.progressive import ProgressiveLayerDrop, RaPTr, RaPTrConfig, StochasticDepth
+from ..methods.progressive.layer_drop import PLDConfig, StochasticDepthConfig
+from ..models.gpt import GPTConfig
+from . import register_bench
+from .common import (Job, plot_curves, report_table, result_rows, run_interleaved, seeds_for,
+                     stderr_log, write_outputs)
+
+MODEL = {"name": "gpt", "n_layer": 12, "n_head": 4, "n_embd": 64, "block_size": 64, "dropout": 0.0}
+BATCH = 12
+STEPS = {"full": 1000, "quick": 400}
+EVAL = {"full": (25, 12), "quick": (20, 8)}  # (eval_interval, eval_iters)
+LR = 1e-2  # the best of 1e-3, 3e-3, 6e-3, 1e-2 for the baseline (1 seed); every method uses it
+WARMUP = 0.05  # of max_steps
+TUNED = ("RaPTr sampling fixed_count and scale sqrt_inverse_p, stochastic depth linear, PLD θ̄ = 0.5 and "
+         "stacking interleave with reset optimizer state were each the best of one small 1-seed tuning "
+         "pass per method family (RaPTr: scale ×3, sampling ×2; stochastic depth: linear / uniform; PLD: "
+         "θ̄ 0.5 / 0.25; stacking: copy_top / interleave, reset / copy; see the method card)")
+
+# RaPTr schedules: four equal stages ending on the full model; first and last block always run.
+RAPTR = {"fixed": [0, -1], "sampling": "fixed_count", "scale": "sqrt_inverse_p",
+         "freeze_skipped_in_optimizer": True}
+DEPTH = [6, 8, 10, 12]                 # path lengths of 12 blocks: 0.75 of the block FLOPs
+WIDTH = [0.5, 0.75, 0.75, 1.0]         # 2-3-3-4 of 4 heads, 128-192-192-256 of 256 units: 0.75
+DEPTH_WIDTH = [(8, 0.75), (10, 0.75), (12, 0.75), (12, 1.0)]  # ≈ 0.72
+SCALE_ABLATION = ("none", "inverse_p")  # the scale rules other than RAPTR's, on RaPTr depth
+RAPTR_VARIANTS = ("raptr", "raptr_width", "raptr_depth_width")
+MATCHED = ("baseline_short", "stochastic_depth", "pld", "stacking")
+
+
+def raptr_entry(stages: list[tuple[int, float]], **options) -> dict:
+    return {"name": "raptr", **RAPTR, **options,
+            "stages": [{"path_len": m, "width": w} for m, w in stages]}
+
+
+def model_config() -> GPTConfig:
+    return GPTConfig(**{k: v for k, v in MODEL.items() if k != "name"})
+
+
+def total_fraction(block_fraction: float, cfg: GPTConfig, vocab: int) -> float:
+    """Whole-step FLOP fraction when the blocks cost ``block_fraction`` (analytic split blocks/head)."""
+    head = analytic_gpt_flops(0, cfg.n_embd, cfg.block_size, vocab, BATCH)
+    full = analytic_gpt_flops(cfg.n_layer, cfg.n_embd, cfg.block_size, vocab, BATCH)
+    return (head + block_fraction * (full - head)) / full
+
+
+def solve_decreasing(fraction_of, target: float, lo: float, hi: float) -> float:
+    """x in [lo, hi] with fraction_of(x) = target, for fraction_of decreasing in x (bisection)."""
+    if not fraction_of(hi) <= target <= fraction_of(lo):
+        raise ValueError(f"a block FLOP fraction of {target:.3f} is out of reach in [{lo}, {hi}]")
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fraction_of(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def matched_rates(target: float, cfg: GPTConfig, steps: int) -> dict[str, float]:
+    """Stochastic depth's drop rate (linear profile) and PLD's γ (θ̄ = 0.5, the paper's) whose
+    expected block FLOP fraction over ``steps`` equals ``target``."""
+    sd = solve_decreasing(lambda d: StochasticDepth(StochasticDepthConfig(drop_rate=d))
+                          .expected_block_fraction(cfg, steps), target, 0.0, 0.99)
+    gamma = solve_decreasing(lambda g: ProgressiveLayerDrop(PLDConfig(gamma=g))
+                             .expected_block_fraction(cfg, steps), target, 0.0, 1.0)
+    return {"drop_rate": round(sd, 4), "gamma": float(f"{gamma:.4g}")}
+
+
+def make_jobs(mode: str, threads: int) -> tuple[list[Job], dict]:
+    """The suite's jobs, and facts for the report (fractions, matched rates, stage boundaries)."""
+    steps = STEPS[mode]
+    every, iters = EVAL[mode]
+    cfg = model_config()
+
+    def recipe(methods=(), max_steps=steps) -> dict:
+        return {"model": MODEL, "methods": list(methods),
+                "train": {"max_steps": max_steps, "batch_size": BATCH, "lr": LR, "min_lr": LR / 10,
+                          "warmup_steps": round(WARMUP * max_steps), "eval_interval": every,
+                          "eval_iters": iters, "log_interval": 5, "threads": threads}}
+
+    depth = raptr_entry([(m, 1.0) for m in DEPTH])
+    raptr = RaPTr(build(RaPTrConfig, {k: v for k, v in depth.items() if k != "name"}))
+    block_fraction = raptr.expected_block_fraction(cfg, steps)
+    vocab = CharData(DataConfig()).vocab_size
+    short = round(steps * total_fraction(block_fraction, cfg, vocab))
+    rates = matched_rates(block_fraction, cfg, steps)
+    stacking = {"name": "stacking", "depths": [6, 9, 12], "init": "interleave", "optimizer_state": "reset"}
+    jobs = [
+        Job("baseline", recipe()),
+        Job("baseline_short", recipe(max_steps=short),
+            f"{short} steps = max_steps × RaPTr depth's expected total FLOP fraction; LR schedule compressed"),
+        Job("raptr", recipe([depth]), "path lengths 6-8-10-12 of 12, equal stages"),
+        Job("raptr_width", recipe([raptr_entry([(12, w) for w in WIDTH])]), f"widths {WIDTH}, all blocks"),
+        Job("raptr_depth_width", recipe([raptr_entry(DEPTH_WIDTH)]), f"(path, width) {DEPTH_WIDTH}"),
+        Job("stochastic_depth", recipe([{"name": "stochastic_depth", "profile": "linear",
+                                         "drop_rate": rates["drop_rate"]}]),
+            "linear profile, drop rate solved for RaPTr depth's block FLOPs"),
+        Job("pld", recipe([{"name": "pld", "theta_bar": 0.5, "gamma": rates["gamma"]}]),
+            "θ̄ = 0.5, γ solved for RaPTr depth's block FLOPs"),
+        Job("stacking", recipe([stacking]),
+            "6-9-12, equal stages (the RaPTr paper's baseline), interleaved copies"),
+    ] + [Job(f"raptr_scale_{rule}", recipe([raptr_entry([(m, 1.0) for m in DEPTH], scale=rule)]),
+             "scale ablation") for rule in SCALE_ABLATION]
+    facts = {"steps": steps, "short_steps": short, "block_fraction": block_fraction, "rates": rates,
+             "boundaries": raptr.stage_ends(steps)[1:-1], "eval": (every, iters)}
+    return jobs, facts
+
+
+# ------------------------------------------------------------------------------------ report
+def _per_seed(rows: list[dict], method: str, key: str, base_key: str) -> list[float | None]:
+    base = {r["seed"]: r for r in rows if r["method"] == "baseline"}
+    return [None if r[key] is None else r[key] / base[r["seed"]][base_key]
+            for r in rows if r["method"] == method]
+
+
+def _mean(rows: list[dict], method: str, key: str) -> float:
+    return statistics.mean(r[key] for r in rows if r["method"] == method)
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """Plain sentences against the goal: RaPTr reaches the baseline's final val loss with ≤ 0.75× its
+    FLOPs and ≤ 0.80× its wall time, and ends below the compute-matched alternatives."""
+    lines = []
+    for m in RAPTR_VARIANTS:
+        flops = _per_seed(rows, m, "flops_to_target", "train_flops")
+        secs = _per_seed(rows, m, "seconds_to_target", "wall_seconds")
+        n, hit = len(flops), sum(f is not None for f in flops)
+        if hit < n:
+            reach = f"reaches the target on only {hit}/{n} seed(s): the goal is **not met**"
+        else:
+            f, s = statistics.mean(flops), statistics.mean(secs)
+            ok = f <= 0.75 and s <= 0.80
+            reach = (f"reaches the target on {n}/{n} seed(s) with {f:.2f}× the baseline's FLOPs (goal "
+                     f"≤ 0.75×) and {s:.2f}× its wall time (goal ≤ 0.80×): **{'met' if ok else 'not met'}**")
+        mine, others = _mean(rows, m, "final_val_loss"), []
+        for o in MATCHED:
+            theirs = _mean(rows, o, "final_val_loss")
+            others.append(f"{o} {theirs:.4f} ({'below' if mine < theirs else '**not below**'})")
+        lines.append(f"- **{m}** {reach}. Final val loss {mine:.4f} vs {', '.join(others)}.")
+    return lines
+
+
+def plot_boundaries(path: Path, runs, boundaries: list[int], window: int) -> None:
+    """Train loss (the subnetwork's, seed mean) and full-model val loss around RaPTr's stage boundaries."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(boundaries), figsize=(4.2 * len(boundaries), 4), squeeze=False)
+    for ax, b in zip(axes[0], boundaries):
+        for i, m in enumerate(("baseline", *RAPTR_VARIANTS)):
+            mine = [r.rows for r in runs if r.job.method == m]
+            for key, style in (("train_loss", "-"), ("val_loss", "o")):
+                steps = [r["step"] for r in mine[0] if key in r and abs(r["step"] - b) <= window]
+                ys = [statistics.mean(next(x[key] for x in rs if x["step"] == s and key in x) for rs in mine)
+                      for s in steps]
+                ax.plot(steps, ys, style, color=f"C{i}", ms=4, lw=1,
+                        label=f"{m} {'train' if key == 'train_loss' else 'val'}")
+        ax.axvline(b, color="grey", ls="--", lw=0.8)
+        ax.set(title=f"stage boundary at step {b}", xlabel="step", ylabel="loss")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("around RaPTr's stage boundaries: train loss (lines; RaPTr's is its subnetwork's) and "
+                 "validation loss (dots; always the full model)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plots(out: Path, rows: list[dict], runs, facts: dict) -> list[str]:
+    plot_curves(out / "val_loss_vs_flops.png", rows, "flops", "training FLOPs (measured)",
+                "depth: validation loss vs FLOPs")
+    plot_curves(out / "val_loss_vs_seconds.png", rows, "seconds", "training seconds (evaluation excluded)",
+                "depth: validation loss vs wall time")
+    plot_boundaries(out / "stage_boundaries.png", runs, facts["boundaries"], facts["steps"] // 10)
+    return ["val_loss_vs_flops.png", "val_loss_vs_seconds.png", "stage_boundaries.png"]
+
+
+def render(args, rows, jobs, facts, n_seeds, plots) -> str:
+    every, iters = facts["eval"]
+    cmd = f"leantrain bench depth{' --quick' if args.quick else ''} --seeds {n_seeds} --threads {args.threads}"
+    measured = {j.method: statistics.mean(_per_seed(rows, j.method, "train_flops", "train_flops"))
+                for j in jobs}
+    lines = [
+        "# leantrain bench depth", "", f"Command: `{cmd}`", "",
+        *([f"**--quick: {n_seeds} seed(s) and short runs — a smoke test, not for quoting.**", ""]
+          if args.quick else []),
+        f"Model: GPT 12 blocks × 64 dims, 4 heads, context 64, batch {BATCH}, {facts['steps']} steps "
+        f"(lr {LR:g} → {LR / 10:g} cosine, warm-up {WARMUP:.0%}), bundled Shakespeare; {n_seeds} seed(s), "
+        f"methods interleaved per seed, {args.threads} thread(s). Evaluation every {every} steps on {iters} "
+        "fixed batches (the full model always).", "",
+        "Target = the same seed's full-baseline final val loss. FLOPs are measured (matmuls, 2 per MAC; "
+        "elementwise ops excluded); seconds are training time without evaluation. Ratios are per seed "
+        "against the baseline's *total* FLOPs / seconds, then averaged.", "",
+        report_table(rows, "baseline"), "",
+        "## Verdict", "",
+        "Goal: RaPTr reaches the baseline's final val loss with ≤ 0.75× its FLOPs and ≤ 0.80× its wall "
+        "time, and ends below the compute-matched shorter baseline and the FLOP-matched stochastic depth, "
+        "PLD and stacking.", "",
+        *verdict(rows), "",
+        "## Jobs and how they were matched", "",
+        f"RaPTr depth's expected block FLOP fraction is {facts['block_fraction']:.3f}; stochastic depth "
+        f"(linear, drop rate {facts['rates']['drop_rate']}) and PLD (θ̄ 0.5, γ {facts['rates']['gamma']}) "
+        "use the rate whose exact expected block fraction equals it; stacking 6-9-12 in equal stages spends "
+        f"the same by construction; the shorter baseline runs {facts['short_steps']} steps.", "",
+        "| method | measured FLOPs × base | setting |", "|---|---|---|",
+        *[f"| {j.method} | {measured[j.method]:.3f} | {j.note or '–'} |" for j in jobs], "",
+        f"{TUNED}. RaPTr settings: {RAPTR} (raptr_scale_* rows ablate the scale rule). Stage boundaries "
+        f"of every RaPTr variant: steps {facts['boundaries']}. Exact configs are in results.json.", "",
+        "Plots: " + ", ".join(plots) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _add_args(p) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads for every run (default 1: two threads on a busy 2-core "
+                   "machine can be many times slower)")
+
+
+@register_bench("depth", "RaPTr (depth/width) vs full training, a compute-matched shorter schedule, "
+                "stochastic depth, PLD and stacking", _add_args)
+def run(args) -> int:
+    mode = "quick" if args.quick else "full"
+    jobs, facts = make_jobs(mode, args.threads)
+    seeds = seeds_for(args)
+    stderr_log(f"depth: {len(jobs)} methods × {len(seeds)} seed(s), {facts['steps']} steps"
+               + (" [--quick: 1 seed, short runs — a smoke test, not for quoting]" if args.quick else ""))
+    runs = run_interleaved(jobs, seeds, log=stderr_log)
+    rows = result_rows("depth", runs, baseline="baseline")
+    for row, r in zip(rows, runs):
+        row["train_curve"] = [{k: x[k] for k in ("step", "train_loss", "raptr/stage") if k in x}
+                              for x in r.rows if "train_loss" in x]
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(args.out, rows, runs, facts)
+    report = render(args, rows, jobs, facts, len(seeds), plots)
+    write_outputs(args.out, rows, report)
+    print(report)
+    return 0
