@@ -4,4 +4,15 @@ tests/test_all_methods.py trains each for a few steps, checkpoints, resumes and 
 uninterrupted run. Add one entry per registered method: name -> recipe `methods:` options.
 """
 SETTINGS: dict[str, dict] = {
+    # progressive/: 4 blocks, 12 steps; every stage boundary and the stacking growth (steps 4, 8)
+    # fall on both sides of the resume point.
+    "raptr": {"stages": [{"length": 0.25, "path_len": 2}, {"length": 0.25, "keep_prob": 0.5, "width": 0.5},
+                         {"length": 0.5, "path_len": 4}], "warmup": 0.1, "freeze_skipped_in_optimizer": False},
+    "stochastic_depth": {"drop_rate": 0.5},
+    "pld": {"gamma": 0.1},
+    "stacking": {"depths": [2, 3, 4], "init": "interleave", "optimizer_state": "copy"},
+    # dropout/: the validation rule (evaluations at steps 0, 6, 12: it lowers the rate after step 6)
+    # over a linear depth profile, with attention dropout on its own cosine schedule.
+    "dynamic_dropout": {"schedule": "validation", "delta": 0.05, "depth_profile": "linear",
+                        "sites": {"attention": {"schedule": "cosine", "p0": 0.2}}},
 }
