@@ -334,8 +334,9 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         if self.verbose and not self.progress and "val_loss" in row:
+            # method metrics on the console (nested ones such as per-site rates: metrics.jsonl only)
             extra = "".join(f" | {k} {v:.4g}" for k, v in row.items()
-                            if "/" in k and isinstance(v, (int, float)))
+                            if k.count("/") == 1 and isinstance(v, (int, float)))
             train = f"{row['train_loss']:.4f}" if "train_loss" in row else "-"
             print(f"step {row['step']:>6d} | train {train} | val {row['val_loss']:.4f} | "
                   f"{row['seconds']:.1f}s{extra}", flush=True)
