@@ -185,3 +185,10 @@ def test_output_dir_with_other_run_is_refused(tiny_recipe, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == before
     fit(tiny_recipe(train={"lr": 2e-3}), tmp_path, overwrite=True)
     assert json.loads((tmp_path / "config.json").read_text())["train"]["lr"] == 2e-3
+
+
+def test_configs_of_methods_made_in_python_are_validated(tiny_recipe, tmp_path):
+    with pytest.raises(ConfigError, match=r"methods.probe_grow.at_step: must be ≥ 0"):
+        Trainer(tiny_recipe(), tmp_path, methods=[GrowOneBlock(GrowConfig(at_step=-1))])
+    with pytest.raises(ConfigError, match=r"methods.probe_grow.at_step: expected int"):
+        Trainer(tiny_recipe(), tmp_path, methods=[GrowOneBlock(GrowConfig(at_step="3"))])

@@ -41,7 +41,8 @@ class Method:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def check(self, state: State) -> None:
-        """Validate against the run (steps, model shape) before anything is written; raise ConfigError."""
+        """Validate against the run (steps, model shape) before anything is written; raise ConfigError.
+        (The trainer has already validated ``cfg`` itself, also for methods made in Python.)"""
 
     def on_event(self, event: Event, state: State) -> None:
         """React to an event. Schedules and surgery do their work here."""

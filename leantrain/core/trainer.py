@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import measure
-from ..config import to_dict
+from ..config import build, to_dict
 from ..data import BatchSampler, CharData, fixed_batches
 from ..errors import ConfigError, LeantrainError
 from ..recipe import Recipe
@@ -109,6 +109,8 @@ class Trainer:
         self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
                            rank=self.rank, world_size=self.world)
         for m in self.methods:
+            # Methods made in Python carry configs that never went through build(): check them too.
+            build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
             m.check(self.state)
 
         ckpt = checkpoint.load(resume) if resume is not None else None

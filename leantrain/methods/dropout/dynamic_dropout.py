@@ -240,10 +240,6 @@ class DynamicDropout(Method):
             raise ConfigError(f"methods.{self.name}: model {type(state.model).__name__} has no "
                               "set_dropout (no run-time dropout sites)")
         where = f"methods.{self.name}."
-        try:  # again here: a config made in Python never went through build()
-            self.cfg.validate()
-        except ConfigError as e:
-            raise ConfigError(f"{where}{e}") from None
         base = getattr(state.recipe.model, "dropout", 0.0)
         self.sites = {s: self.cfg.for_site(s, default_p0=base) for s in SITES}
         for s, c in self.sites.items():

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from ...config import build, check, to_dict
+from ...config import check
 from ...core import Event, Method, State
 from ...errors import ConfigError
 from ...models.gpt import BlockPlan
@@ -155,7 +155,6 @@ class RaPTr(Method):
         return total / max_steps
 
     def check(self, state: State) -> None:
-        build(RaPTrConfig, to_dict(self.cfg), "methods.raptr")  # configs made in Python too
         if not hasattr(state.model, "plan"):
             raise ConfigError("raptr needs a model with a block plan (model.name: gpt)")
         L, cfg = len(state.model.blocks), self.cfg

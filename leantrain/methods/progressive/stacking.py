@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from ...config import build, check, to_dict
+from ...config import check
 from ...core import Event, Method, State
 from ...errors import ConfigError, LeantrainError
 from ...registry import register_method
@@ -107,7 +107,6 @@ class Stacking(Method):
         return sum(s * d for s, d in zip(steps, self.depths(L))) / (max_steps * L)
 
     def check(self, state: State) -> None:
-        build(StackingConfig, to_dict(self.cfg), "methods.stacking")  # configs made in Python too
         L = len(state.model.blocks)
         depths = self.depths(L)
         if depths[-1] != L:
