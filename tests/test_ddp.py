@@ -24,7 +24,7 @@ def torchrun(*args, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-3000:]
     return p
 
 

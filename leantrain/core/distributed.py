@@ -58,4 +58,7 @@ def barrier() -> None:
 
 def teardown() -> None:
     if dist.is_initialized():
+        # Leave together: a rank that closes its gloo connections while a peer still uses them can
+        # make the peer abort at exit.
+        dist.barrier()
         dist.destroy_process_group()
