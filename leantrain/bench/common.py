@@ -104,13 +104,19 @@ def result_rows(suite: str, runs: list[Run], baseline: str, target_key: str = "f
     return rows
 
 
-def _ms(values: list[float]) -> str:
+def mean_std(values: list[float | None], fmt: str = ".4f", std_fmt: str | None = None) -> str:
+    """'mean ± std' over the values that exist ('–' if none; no std for one). The std takes
+    ``std_fmt`` (default: ``fmt`` without a sign)."""
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return "–"
     if len(vals) == 1:
-        return f"{vals[0]:.4g}"
-    return f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+        return f"{vals[0]:{fmt}}"
+    return f"{statistics.mean(vals):{fmt}} ± {statistics.stdev(vals):{std_fmt or fmt.lstrip('+')}}"
+
+
+def _ms(values: list[float | None]) -> str:  # the report table's compact form
+    return mean_std(values, ".4g", ".2g")
 
 
 def _ratio(rows, base_rows, key) -> str:

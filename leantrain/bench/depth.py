@@ -20,7 +20,7 @@ from ..methods.progressive import ProgressiveLayerDrop, RaPTr, RaPTrConfig, Stoc
 from ..methods.progressive.layer_drop import PLDConfig, StochasticDepthConfig
 from ..models.gpt import GPTConfig
 from . import register_bench
-from .common import (Job, plot_curves, report_table, result_rows, run_interleaved, seeds_for,
+from .common import (Job, mean_of, plot_curves, report_table, result_rows, run_interleaved, seeds_for,
                      stderr_log, write_outputs)
 
 MODEL = {"name": "gpt", "n_layer": 12, "n_head": 4, "n_embd": 64, "block_size": 64, "dropout": 0.0}
@@ -128,10 +128,6 @@ def _per_seed(rows: list[dict], method: str, key: str, base_key: str) -> list[fl
             for r in rows if r["method"] == method]
 
 
-def _mean(rows: list[dict], method: str, key: str) -> float:
-    return statistics.mean(r[key] for r in rows if r["method"] == method)
-
-
 def verdict(rows: list[dict]) -> list[str]:
     """Plain sentences against the goal: RaPTr reaches the baseline's final val loss with ≤ 0.75× its
     FLOPs and ≤ 0.80× its wall time, and ends below the compute-matched alternatives."""
@@ -147,9 +143,9 @@ def verdict(rows: list[dict]) -> list[str]:
             ok = f <= 0.75 and s <= 0.80
             reach = (f"reaches the target on {n}/{n} seed(s) with {f:.2f}× the baseline's FLOPs (goal "
                      f"≤ 0.75×) and {s:.2f}× its wall time (goal ≤ 0.80×): **{'met' if ok else 'not met'}**")
-        mine, others = _mean(rows, m, "final_val_loss"), []
+        mine, others = mean_of(rows, m, "final_val_loss"), []
         for o in MATCHED:
-            theirs = _mean(rows, o, "final_val_loss")
+            theirs = mean_of(rows, o, "final_val_loss")
             others.append(f"{o} {theirs:.4f} ({'below' if mine < theirs else '**not below**'})")
         lines.append(f"- **{m}** {reach}. Final val loss {mine:.4f} vs {', '.join(others)}.")
     return lines

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from . import register_bench
-from .common import Job, mean_of, plot_curves, result_rows, run_interleaved, seeds_for, stderr_log, write_outputs
+from .common import (Job, mean_of, mean_std, plot_curves, result_rows, run_interleaved, seeds_for, stderr_log,
+                     write_outputs)
 
 TRAIN_CHARS = 20_000
 STEPS = 600
@@ -76,14 +77,6 @@ def add_dropout_figures(rows: list[dict], baseline: str) -> None:
             r[f"{key}_to_target_ratio"] = None if mine is None else mine / b[f"{key}_to_target"]
 
 
-def _ms(vals: list[float], fmt: str = ".4f") -> str:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "–"
-    sd = f" ± {statistics.stdev(vals):{fmt.lstrip('+')}}" if len(vals) > 1 else ""  # no sign on a std
-    return f"{statistics.mean(vals):{fmt}}{sd}"
-
-
 def regime_check(rows: list[dict], baseline: str) -> list[str]:
     """Does dropout matter in this run: does the best fixed rate beat none, and does it overfit?"""
     none, best = mean_of(rows, fixed(0.0), "best_val_loss"), mean_of(rows, baseline, "best_val_loss")
@@ -127,8 +120,8 @@ def sweep_table(rows: list[dict], baseline: str) -> list[str]:
         rs = [r for r in rows if r["method"] == fixed(p)]
         at = [min(r["curve"], key=lambda c: c["val_loss"])["step"] for r in rs]
         lines.append(f"| {p}{' (baseline)' if fixed(p) == baseline else ''} | "
-                     f"{_ms([r['best_val_loss'] for r in rs])} | {_ms([r['final_val_loss'] for r in rs])} | "
-                     f"{_ms([r['gap'] for r in rs], '.3f')} | {_ms(at, '.0f')} |")
+                     f"{mean_std([r['best_val_loss'] for r in rs])} | {mean_std([r['final_val_loss'] for r in rs])} | "
+                     f"{mean_std([r['gap'] for r in rs], '.3f')} | {mean_std(at, '.0f')} |")
     return lines
 
 
@@ -141,11 +134,11 @@ def method_table(rows: list[dict], baseline: str) -> list[str]:
         rs = [r for r in rows if r["method"] == m]
         delta = [r["best_val_loss"] - base[r["seed"]]["best_val_loss"] for r in rs]
         wall = [r["wall_seconds"] / base[r["seed"]]["wall_seconds"] for r in rs]
-        to_target = " | ".join(_ms([r[f"{k}_to_target_ratio"] for r in rs], ".2f")
+        to_target = " | ".join(mean_std([r[f"{k}_to_target_ratio"] for r in rs], ".2f")
                                for k in ("steps", "flops", "seconds"))
-        lines.append(f"| {m} | {_ms([r['best_val_loss'] for r in rs])} | {_ms(delta, '+.4f')} | "
-                     f"{_ms([r['final_val_loss'] for r in rs])} | {_ms([r['gap'] for r in rs], '.3f')} | "
-                     f"{sum(r['reached'] for r in rs)}/{len(rs)} | {to_target} | {_ms(wall, '.2f')} |")
+        lines.append(f"| {m} | {mean_std([r['best_val_loss'] for r in rs])} | {mean_std(delta, '+.4f')} | "
+                     f"{mean_std([r['final_val_loss'] for r in rs])} | {mean_std([r['gap'] for r in rs], '.3f')} | "
+                     f"{sum(r['reached'] for r in rs)}/{len(rs)} | {to_target} | {mean_std(wall, '.2f')} |")
     return lines
 
 

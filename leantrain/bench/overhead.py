@@ -8,7 +8,6 @@ plain loop is also a correctness reference: with the same seed its losses equal 
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ from ..core import Trainer
 from ..data import BatchSampler, CharData, split_windows
 from ..recipe import Recipe
 from . import register_bench
-from .common import seeds_for, stderr_log, write_outputs
+from .common import mean_std, seeds_for, stderr_log, write_outputs
 
 # nanoGPT (karpathy/nanoGPT train.py + model.py, unmodified) run on leantrain's bundled corpus with
 # the recipe in recipes/baseline_char.yaml: `train.py config/train_shakespeare_char.py --device=cpu
@@ -90,10 +89,6 @@ def leantrain_round(recipe: Recipe, steps: int, seed: int) -> tuple[float, dict]
     return s["wall_seconds"], s
 
 
-def _mean_std(vals: list[float]) -> str:
-    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.4f}"
-
-
 def _add_args(p) -> None:
     p.add_argument("--recipe", type=Path, default=Path("recipes/baseline_char.yaml"),
                    help="the baseline recipe (default: recipes/baseline_char.yaml)")
@@ -142,7 +137,7 @@ def run(args) -> int:
              f"(threads={args.threads}, recipe {args.recipe})",
              "" if not args.quick else "\n**--quick: 1 short configuration, a smoke test — do not quote.**", "",
              "## Per-step time, interleaved rounds", "",
-             f"| | median ms/step | rounds |", "|---|---|---|",
+             "| | median ms/step | rounds |", "|---|---|---|",
              f"| plain PyTorch loop | {statistics.median(plain_ms):.2f} | {rounds} × {steps} steps |",
              f"| leantrain Trainer | {statistics.median(lt_ms):.2f} | {rounds} × {steps} steps |",
              f"| ratio leantrain / plain (median of per-round ratios) | {ratio:.3f}× | |", "",
@@ -158,8 +153,8 @@ def run(args) -> int:
                   "|---|---|---|---|",
                   f"| nanoGPT train.py (reference, 1 run, seed 1337) | {ref['val_loss']:.4f} (20 random batches) | "
                   f"{ref['full_val_split_loss']:.4f} | {ref['ms_per_step']:.1f} |",
-                  f"| leantrain ({len(parity)} seed(s)) | {_mean_std(fixed)} (20 fixed batches) | "
-                  f"{_mean_std(whole)} | {statistics.median(p['ms_per_step'] for p in parity):.1f} |", "",
+                  f"| leantrain ({len(parity)} seed(s)) | {mean_std(fixed, '.4f')} (20 fixed batches) | "
+                  f"{mean_std(whole, '.4f')} | {statistics.median(p['ms_per_step'] for p in parity):.1f} |", "",
                   f"Difference on the whole validation split ({windows:,} non-overlapping windows, the "
                   f"same for both): {diff:+.4f} — {'within' if abs(diff) <= 0.03 else 'OUTSIDE'} the ±0.03 bar. "
                   "Twenty 12×64 batches give a noisy figure (nanoGPT's went up from 1.976 at step 1750 to "
