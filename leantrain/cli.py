@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import describe
+from .config import apply_overrides, describe
 from .errors import LeantrainError
 
 
@@ -46,7 +46,6 @@ def _train(args) -> int:
     from .recipe import Recipe
     if args.resume is not None and args.recipe is None:
         meta = checkpoint.read_meta(args.resume)
-        from .config import apply_overrides
         recipe = Recipe.from_dict(apply_overrides(meta["recipe"], args.overrides))
     else:
         recipe = Recipe.load(args.recipe, args.overrides)

@@ -1,8 +1,10 @@
 """Two CPU processes under torchrun (gloo): the real launcher, not a simulation."""
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def torchrun(*args, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    if p.returncode != 0 and re.search(r"exitcode\s*:\s*-6\b", p.stderr):  # SIGABRT, not a Python error
+        # Rarely (a few in a hundred launches here) a gloo rank aborts with no Python error; the cause
+        # is not understood yet (see the closing note). One retry; a real failure fails twice.
+        warnings.warn(f"torchrun child aborted, retrying once:\n{p.stderr[:2000]}")
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
     assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-3000:]
     return p
 
