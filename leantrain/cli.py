@@ -169,12 +169,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .core import distributed
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except LeantrainError as e:
         print(f"leantrain: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("leantrain: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    distributed.exit_worker(code)  # under torchrun: leave without interpreter finalization (see there)
+    return code

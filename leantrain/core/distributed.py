@@ -1,17 +1,25 @@
 """torch.distributed helpers: torchrun sets the environment, we only read it (no home-made launcher)."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
 
+from ..errors import LeantrainError
+
+_joined = False  # this process joined a torchrun process group in setup()
+
 
 def setup(device: torch.device) -> tuple[int, int]:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA): (rank, world)."""
+    global _joined
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _joined = True
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -51,6 +59,27 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
+def on_main(fn) -> None:
+    """Run ``fn`` on rank 0 only, and make every rank raise the ``LeantrainError`` it raises.
+
+    For checks that touch shared files (e.g. the output directory): a rank-0-only error would
+    otherwise leave the other ranks waiting on a peer that is gone and dying with a gloo traceback,
+    instead of all exiting 2 with the same one-line message.
+    """
+    if not active():
+        fn()
+        return
+    err = None
+    if dist.get_rank() == 0:
+        try:
+            fn()
+        except LeantrainError as e:
+            err = e
+    err = broadcast(err)
+    if err is not None:
+        raise err
+
+
 def barrier() -> None:
     if active():
         dist.barrier()
@@ -62,3 +91,23 @@ def teardown() -> None:
         # make the peer abort at exit.
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a torchrun worker that joined a process group with ``code``, skipping interpreter finalization.
+
+    Does nothing in a process that never joined one (a plain run, or tests calling the CLI in-process).
+    Why: constructing ``DistributedDataParallel`` keeps the gloo process group alive after
+    ``destroy_process_group`` (PyTorch 2.13; its worker threads keep running), so it is destroyed during
+    interpreter finalization, where it occasionally aborts the process (SIGABRT, "terminate called
+    without an active exception") after all work is done; torchrun then reports the finished job as
+    failed. Every file leantrain writes is closed by now (atomic renames), so after leaving together
+    and flushing, ``os._exit`` is safe.
+    """
+    if not _joined:
+        return
+    teardown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

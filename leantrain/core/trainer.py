@@ -116,9 +116,8 @@ class Trainer:
         ckpt = checkpoint.load(resume) if resume is not None else None
         if ckpt is not None:
             self._check_compatible(ckpt)
-        if self.main and self.out_dir is not None:
-            self._prepare_out_dir(ckpt, overwrite)
-        distributed.barrier()
+        if self.out_dir is not None:
+            distributed.on_main(lambda: self._prepare_out_dir(ckpt, overwrite))
 
         self.sampler = BatchSampler(self.data.train, mcfg.block_size, t.batch_size, t.seed,
                                     self.rank, self.world)
