@@ -42,7 +42,7 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> int:
-    from .core import Trainer, checkpoint, distributed
+    from .core import Trainer, checkpoint
     from .recipe import Recipe
     if args.resume is not None and args.recipe is None:
         meta = checkpoint.read_meta(args.resume)
@@ -57,17 +57,14 @@ def _train(args) -> int:
         out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else args.resume
     if args.until is not None and args.until <= 0:
         raise LeantrainError(f"--until must be positive, got {args.until}")
-    try:
-        trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
-                          progress=False if args.quiet else None)
-        s = trainer.fit(until=args.until)
-        if trainer.main and not args.quiet:
-            print(f"done: {s['steps']} steps, val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
-                  f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
-                  f"-> {out}")
-    finally:
-        distributed.teardown()
-    return 0
+    trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
+                      progress=False if args.quiet else None)
+    s = trainer.fit(until=args.until)
+    if trainer.main and not args.quiet:
+        print(f"done: {s['steps']} steps, val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
+              f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
+              f"-> {out}")
+    return 0  # under torchrun, main() leaves the process group (exit_worker)
 
 
 def _add_sample(sub) -> None:

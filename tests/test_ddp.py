@@ -54,9 +54,10 @@ def test_cli_under_torchrun_aggregates_across_ranks(tmp_path):
     before = {f: (out / f).read_bytes() for f in ("summary.json", "metrics.jsonl")}
     p = torchrun("-m", "leantrain", "train", "--recipe", f, "--out", out, "--quiet", check=False)
     assert p.returncode != 0
-    assert p.stderr.count("leantrain: error: output directory") == 2, p.stderr
+    assert "leantrain: error: output directory" in p.stderr, p.stderr
     codes = re.findall(r"exitcode\s*:\s*(-?\d+)", p.stderr)
-    assert codes and set(codes) == {"2"}, p.stderr  # every rank torchrun reports exited 2
+    # Every rank exits 2 (one may instead be stopped by torchrun, SIGTERM, once the other has failed).
+    assert "2" in codes and set(codes) <= {"2", "-15"}, p.stderr
     assert "[rank0]: Traceback" not in p.stderr and "[rank1]: Traceback" not in p.stderr
     assert {f: (out / f).read_bytes() for f in before} == before
 

@@ -86,9 +86,8 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group together (a barrier first, so no rank closes connections a peer still uses)."""
     if dist.is_initialized():
-        # Leave together: a rank that closes its gloo connections while a peer still uses them can
-        # make the peer abort at exit.
         dist.barrier()
         dist.destroy_process_group()
 
@@ -102,11 +101,13 @@ def exit_worker(code: int) -> None:
     interpreter finalization, where it occasionally aborts the process (SIGABRT, "terminate called
     without an active exception") after all work is done; torchrun then reports the finished job as
     failed. Every file leantrain writes is closed by now (atomic renames), so after leaving together
-    and flushing, ``os._exit`` is safe.
+    and flushing, ``os._exit`` is safe. A failing worker (``code != 0``) leaves without the barrier:
+    its peers may not reach it, and torchrun stops them once one worker has failed.
     """
     if not _joined:
         return
-    teardown()
+    if code == 0:
+        teardown()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
