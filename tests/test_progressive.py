@@ -197,6 +197,32 @@ def test_freeze_skipped_in_optimizer(tmp_path, freeze):
 
 
 # ------------------------------------------------------------------------------- baselines
+@pytest.mark.parametrize("freeze", [True, False])
+def test_width_dropped_heads_and_units_untouched_when_frozen(tmp_path, freeze):
+    # All 4 blocks run at half width (1 of 2 heads, 64 of 128 MLP units); bias on, weight decay 0.1.
+    entry = raptr((1.0, 4, 0.5), freeze_skipped_in_optimizer=freeze, allow_partial_final=True)
+    checked = []
+
+    def probe(event, state):
+        model, opt = state.model, state.optimizer
+        if event is Event.AFTER_BACKWARD:
+            slices = model.width_unused_slices()
+            assert len(slices) == 4 * 6  # per block: q/k/v rows + bias, attn proj cols, fc rows + bias, mlp proj cols
+            for p, dim, idx in slices:
+                # Independent reference: the left-out rows/columns are exactly those with zero gradient.
+                nonzero = (p.grad != 0).movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
+                assert torch.equal((nonzero == 0).nonzero().flatten(), idx)
+            probe.saved = [(t, dim, idx, t.index_select(dim, idx).clone()) for p, dim, idx in slices
+                           for t in [p] + [v for v in opt.state.get(p, {}).values() if torch.is_tensor(v) and v.dim()]]
+        elif event is Event.STEP_START and getattr(probe, "saved", None):  # after the previous step's update
+            same = [torch.equal(t.index_select(dim, idx), v) for t, dim, idx, v in probe.saved]
+            checked.append(all(same) if freeze else not any(same[:1]))
+            probe.saved = None
+
+    fit(tiny(model={"bias": True}, train={"max_steps": 4}, methods=[entry]), tmp_path, [Probe(probe)])
+    assert checked == [True, True, True]
+
+
 def test_stochastic_depth_keep_probs_and_drop_path_scaling():
     assert depth_keep_probs(4, 0.5) == [0.875, 0.75, 0.625, 0.5]
     assert depth_keep_probs(3, 0.8, "uniform") == [0.8] * 3

@@ -92,6 +92,21 @@ class CausalSelfAttention(nn.Module):
         self.p_attn = cfg.dropout   # attention-probability dropout, handed to SDPA
         self.p_resid = cfg.dropout  # dropout on the attention output
 
+    def head_channels(self, heads: torch.Tensor) -> torch.Tensor:
+        """Channels (of the n_embd attention output) that belong to ``heads``."""
+        hd = self.c_proj.in_features // self.n_head
+        return (heads[:, None] * hd + torch.arange(hd, device=heads.device)).flatten()
+
+    def unused_slices(self, heads: torch.Tensor) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+        """(parameter, dim, indices) that a step keeping only ``heads`` leaves out."""
+        C = self.c_proj.in_features
+        keep = torch.zeros(C, dtype=torch.bool, device=heads.device)
+        keep[self.head_channels(heads)] = True
+        cols = (~keep).nonzero().flatten()
+        rows = torch.cat([cols, cols + C, cols + 2 * C])
+        out = [(self.c_attn.weight, 0, rows), (self.c_proj.weight, 1, cols)]
+        return out + ([(self.c_attn.bias, 0, rows)] if self.c_attn.bias is not None else [])
+
     def forward(self, x, heads: torch.Tensor | None = None, width_scale: float = 1.0):
         B, T, C = x.shape
         hd = C // self.n_head
@@ -100,7 +115,7 @@ class CausalSelfAttention(nn.Module):
             nh = self.n_head
         else:
             # Slice the q/k/v rows of the kept heads so the matmuls shrink with the head count.
-            cols = (heads[:, None] * hd + torch.arange(hd, device=x.device)).flatten()
+            cols = self.head_channels(heads)
             rows = torch.cat([cols, cols + C, cols + 2 * C])
             w = self.c_attn.weight.index_select(0, rows)
             b = self.c_attn.bias.index_select(0, rows) if self.c_attn.bias is not None else None
@@ -124,6 +139,14 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.p_mlp = cfg.dropout
+
+    def unused_slices(self, hidden: torch.Tensor) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+        """(parameter, dim, indices) that a step keeping only the ``hidden`` units leaves out."""
+        keep = torch.zeros(self.c_fc.out_features, dtype=torch.bool, device=hidden.device)
+        keep[hidden] = True
+        units = (~keep).nonzero().flatten()
+        out = [(self.c_fc.weight, 0, units), (self.c_proj.weight, 1, units)]
+        return out + ([(self.c_fc.bias, 0, units)] if self.c_fc.bias is not None else [])
 
     def forward(self, x, hidden: torch.Tensor | None = None, width_scale: float = 1.0):
         if hidden is None:
@@ -212,6 +235,18 @@ class GPT(nn.Module):
         return logits, loss
 
     # -- run-time controls used by methods
+    def width_unused_slices(self) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+        """(parameter, dim, indices) of the weights the current plan's width slicing leaves out:
+        they get exactly zero gradient this step. Blocks the plan skips entirely are not listed."""
+        out = []
+        for b in self.plan or ():
+            block = self.blocks[b.index]
+            if b.heads is not None:
+                out += block.attn.unused_slices(b.heads)
+            if b.hidden is not None:
+                out += block.mlp.unused_slices(b.hidden)
+        return out
+
     def shape_key(self) -> tuple:
         """What determines a training step's FLOPs besides the batch shape (for FLOP caching)."""
         c = self.config

@@ -66,8 +66,10 @@ class RaPTrConfig:
     warmup: float = 0.0
     """Fraction of max_steps trained on the full model before the stages begin."""
     freeze_skipped_in_optimizer: bool = True
-    """Skipped blocks get no update that step (grad None: AdamW skips them, weight decay too). False:
-    they get zero gradients, so AdamW momentum and weight decay still move them."""
+    """Skipped blocks, and the heads and MLP units width sampling leaves out, get no update that step
+    (blocks: grad None, so AdamW skips them; width slices: their weights and AdamW moments are
+    restored after the step). False: they get zero gradients, so AdamW momentum and weight decay
+    still move them."""
     allow_partial_final: bool = False
     """Allow a final stage that is not the full model (RaPTr always ends on the full model)."""
 
@@ -128,6 +130,10 @@ class RaPTr(Method):
     find_unused_parameters = True
     exclusive_group = "depth"
 
+    def __init__(self, cfg: RaPTrConfig | None = None):
+        super().__init__(cfg)
+        self._frozen = []  # width-dropped slices saved after backward, put back after the optimizer step
+
     # -- the schedule --------------------------------------------------------------------------
     def stage_ends(self, max_steps: int) -> list[int]:
         """End steps of the warm-up (stage 0, possibly empty) and of every stage."""
@@ -183,8 +189,14 @@ class RaPTr(Method):
             print(self.describe(state), flush=True)
         elif event is Event.STEP_START:
             self.set_plan(state)
-        elif event is Event.AFTER_BACKWARD and not self.cfg.freeze_skipped_in_optimizer:
-            zero_skipped_grads(state.model)
+        elif event is Event.AFTER_BACKWARD:
+            if self.cfg.freeze_skipped_in_optimizer:
+                self._frozen = snapshot(state.model.width_unused_slices(), state.optimizer)
+            else:
+                zero_skipped_grads(state.model)
+        elif event is Event.STEP_END and self._frozen:
+            restore(self._frozen)
+            self._frozen = []
         elif event is Event.FIT_END:
             state.model.plan = None
 
@@ -215,6 +227,26 @@ class RaPTr(Method):
         warm = f"{ends[0]} full-model warm-up steps, " if ends[0] else ""
         return (f"raptr: expected FLOP fraction of the blocks {self.expected_block_fraction(mc, state.max_steps):.3f} "
                 f"(embedding and head excluded); {warm}{', '.join(parts)} of {L} blocks")
+
+
+@torch.no_grad()
+def snapshot(slices, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]:
+    """Copies of the (parameter, dim, indices) slices and of the same slices of the parameter's
+    optimizer state tensors (AdamW's moments), to be put back by ``restore`` after the step."""
+    saved = []
+    for p, dim, idx in slices:
+        if len(idx) == 0:
+            continue
+        state = optimizer.state.get(p, {})
+        for t in [p] + [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]:
+            saved.append((t, dim, idx, t.index_select(dim, idx)))
+    return saved
+
+
+@torch.no_grad()
+def restore(saved) -> None:
+    for t, dim, idx, values in saved:
+        t.index_copy_(dim, idx, values)
 
 
 def zero_skipped_grads(model: torch.nn.Module) -> None:
