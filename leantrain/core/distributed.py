@@ -80,11 +80,6 @@ def on_main(fn) -> None:
         raise err
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def teardown() -> None:
     """Leave the process group together (a barrier first, so no rank closes connections a peer still uses)."""
     if dist.is_initialized():

@@ -79,6 +79,13 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def _left_out(n: int, kept: torch.Tensor) -> torch.Tensor:
+    """The sorted indices of range(n) that are not in ``kept``."""
+    mask = torch.ones(n, dtype=torch.bool, device=kept.device)
+    mask[kept] = False
+    return mask.nonzero().flatten()
+
+
 def _dropout(x, p: float, training: bool):
     return F.dropout(x, p, True) if training and p > 0 else x
 
@@ -92,18 +99,16 @@ class CausalSelfAttention(nn.Module):
         self.p_attn = cfg.dropout   # attention-probability dropout, handed to SDPA
         self.p_resid = cfg.dropout  # dropout on the attention output
 
-    def head_channels(self, heads: torch.Tensor) -> torch.Tensor:
-        """Channels (of the n_embd attention output) that belong to ``heads``."""
-        hd = self.c_proj.in_features // self.n_head
-        return (heads[:, None] * hd + torch.arange(hd, device=heads.device)).flatten()
+    def head_indices(self, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``heads``' channels of the attention output (= c_proj columns) and their q/k/v rows of c_attn."""
+        C = self.n_embd
+        hd = C // self.n_head
+        cols = (heads[:, None] * hd + torch.arange(hd, device=heads.device)).flatten()
+        return cols, torch.cat([cols, cols + C, cols + 2 * C])
 
     def unused_slices(self, heads: torch.Tensor) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
         """(parameter, dim, indices) that a step keeping only ``heads`` leaves out."""
-        C = self.c_proj.in_features
-        keep = torch.zeros(C, dtype=torch.bool, device=heads.device)
-        keep[self.head_channels(heads)] = True
-        cols = (~keep).nonzero().flatten()
-        rows = torch.cat([cols, cols + C, cols + 2 * C])
+        cols, rows = self.head_indices(_left_out(self.n_head, heads))
         out = [(self.c_attn.weight, 0, rows), (self.c_proj.weight, 1, cols)]
         return out + ([(self.c_attn.bias, 0, rows)] if self.c_attn.bias is not None else [])
 
@@ -115,8 +120,7 @@ class CausalSelfAttention(nn.Module):
             nh = self.n_head
         else:
             # Slice the q/k/v rows of the kept heads so the matmuls shrink with the head count.
-            cols = self.head_channels(heads)
-            rows = torch.cat([cols, cols + C, cols + 2 * C])
+            cols, rows = self.head_indices(heads)
             w = self.c_attn.weight.index_select(0, rows)
             b = self.c_attn.bias.index_select(0, rows) if self.c_attn.bias is not None else None
             q, k, v = F.linear(x, w, b).split(len(cols), dim=2)
@@ -142,9 +146,7 @@ class MLP(nn.Module):
 
     def unused_slices(self, hidden: torch.Tensor) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
         """(parameter, dim, indices) that a step keeping only the ``hidden`` units leaves out."""
-        keep = torch.zeros(self.c_fc.out_features, dtype=torch.bool, device=hidden.device)
-        keep[hidden] = True
-        units = (~keep).nonzero().flatten()
+        units = _left_out(self.c_fc.out_features, hidden)
         out = [(self.c_fc.weight, 0, units), (self.c_proj.weight, 1, units)]
         return out + ([(self.c_fc.bias, 0, units)] if self.c_fc.bias is not None else [])
 
