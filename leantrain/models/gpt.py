@@ -52,6 +52,13 @@ class GPTConfig:
         check(self.vocab_size is None or self.vocab_size > 0, "vocab_size", "must be positive")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
+    def adapt_to_data(self, info) -> None:
+        """Take the vocabulary size from the data (``info``: a :class:`leantrain.data.DataInfo`)."""
+        if self.vocab_size is None:
+            self.vocab_size = info.vocab_size
+        check(self.vocab_size >= info.vocab_size, "model.vocab_size",
+              f"{self.vocab_size} is smaller than the data's {info.vocab_size} tokens")
+
 
 @dataclass
 class BlockPlan:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import check
-from .errors import LeantrainError
+from ..config import check
+from ..errors import LeantrainError
 
 BUNDLED = Path(__file__).parent / "datasets" / "shakespeare_char.txt"
 
