@@ -1,6 +1,6 @@
 """A recipe = data + model + train sections and a list of methods. YAML, ``--set`` and Python agree.
 
-    data:    {path: null}                       # DataConfig
+    data:    {name: text, path: null}            # the registered data kind's config dataclass
     model:   {name: gpt, n_layer: 4, ...}        # the registered model's config dataclass
     train:   {max_steps: 2000, lr: 1.0e-3, ...}  # TrainConfig
     methods: [{name: raptr, ...}, ...]           # each method's Config dataclass
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import apply_overrides, build, check, load_yaml, to_dict
-from .data import DataConfig
 from .errors import ConfigError
-from .registry import get_method, get_model
+from .registry import get_data, get_method, get_model
 
 
 @dataclass
@@ -24,7 +23,9 @@ class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps in the whole run (the LR schedule spans them)."""
     batch_size: int = 12
-    """Sequences per step (per rank under DDP)."""
+    """Samples (text: sequences) per step, per rank under DDP."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """adamw (betas beta1/beta2) or sgd (momentum, nesterov); weight decay on ≥ 2-D tensors only."""
     lr: float = 1e-3
     """Peak learning rate, reached after warm-up."""
     min_lr: float = 1e-4
@@ -39,14 +40,20 @@ class TrainConfig:
     """AdamW β1."""
     beta2: float = 0.99
     """AdamW β2."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables."""
     eval_interval: int = 250
     """Evaluate every N steps (also before the first step and after the last)."""
     eval_iters: int = 20
-    """Fixed validation batches per evaluation."""
+    """Text: fixed validation batches per evaluation. Classification evaluates the whole validation
+    split (and the test split once, at the end)."""
     eval_train: bool = False
-    """Also evaluate fixed training batches (logs train_eval_loss, for overfitting gaps)."""
+    """Also evaluate training samples (logs train_eval_loss, for overfitting gaps): text the same
+    number of fixed batches, classification the whole training split."""
     log_interval: int = 10
     """Write a metrics row every N steps."""
     checkpoint_interval: int = 0
@@ -69,6 +76,9 @@ class TrainConfig:
         check(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
         check(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "AdamW betas must be in [0, 1)")
+        check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
+              "needs optimizer: sgd with momentum > 0")
         check(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
         check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps, "lr_decay_steps",
               "must exceed warmup_steps")
@@ -81,7 +91,8 @@ class TrainConfig:
 
 @dataclass
 class Recipe:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None
+    data_name: str = "text"
     model_name: str = "gpt"
     model: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -97,9 +108,15 @@ class Recipe:
                 close = difflib.get_close_matches(key, cls.SECTIONS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"unknown config key {key!r}{hint}; sections are {', '.join(cls.SECTIONS)}")
-        model = dict(d.get("model") or {})
-        if not isinstance(d.get("model") or {}, dict):
-            raise ConfigError("model: expected a mapping of options")
+        sections = {}
+        for key in ("data", "model"):
+            if not isinstance(d.get(key) or {}, dict):
+                raise ConfigError(f"{key}: expected a mapping of options, got {d[key]!r}")
+            sections[key] = dict(d.get(key) or {})
+        data = sections["data"]
+        data_name = str(data.pop("name", "text"))
+        data_cfg = get_data(data_name).Config
+        model = sections["model"]
         name = model.pop("name", "gpt")
         _, model_cfg = get_model(str(name))
         methods_raw = d.get("methods") or []
@@ -118,7 +135,7 @@ class Recipe:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"methods: {sorted(dup)[0]!r} is listed twice")
-        return cls(data=build(DataConfig, d.get("data"), "data"), model_name=str(name),
+        return cls(data=build(data_cfg, data, "data"), data_name=data_name, model_name=str(name),
                    model=build(model_cfg, model, "model"),
                    train=build(TrainConfig, d.get("train"), "train"), methods=methods)
 
@@ -127,8 +144,13 @@ class Recipe:
         data = load_yaml(path) if path else {}
         return cls.from_dict(apply_overrides(data, list(overrides)))
 
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = get_data(self.data_name).Config()
+
     def to_dict(self) -> dict:
-        return {"data": to_dict(self.data), "model": {"name": self.model_name, **to_dict(self.model)},
+        return {"data": {"name": self.data_name, **to_dict(self.data)},
+                "model": {"name": self.model_name, **to_dict(self.model)},
                 "train": to_dict(self.train),
                 "methods": [{"name": n, **to_dict(c)} for n, c in self.methods]}
 

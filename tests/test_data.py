@@ -22,7 +22,7 @@ def test_sampling_is_seeded_and_resumable():
     assert torch.equal(y1[:, :-1], x1[:, 1:])  # targets are inputs shifted by one
     state = a.state()
     nxt = a.next()[0]
-    b.set_state(state)
+    b.load_state(state)
     assert torch.equal(b.next()[0], nxt)
     assert not torch.equal(BatchSampler(d.train, 16, 4, seed=2).next()[0], x1)
 

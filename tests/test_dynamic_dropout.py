@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import leantrain.core.trainer as trainer_module
 from leantrain import ConfigError, Event, Method, Recipe, Trainer
 from leantrain.cli import main
+from leantrain.core.evaluation import EvalResult
 from leantrain.methods.dropout import (DynamicDropout, DynamicDropoutConfig, depth_multipliers, dropout_at,
                                        validation_decision)
 
@@ -169,7 +171,8 @@ def test_p0_defaults_to_model_dropout_and_mean_rate_is_logged(tmp_path):
 
 def test_validation_rule_in_the_trainer(tmp_path, monkeypatch):
     losses = iter([4.0, 3.0, 3.1, 3.2, 2.0])  # evaluations at steps 0, 3, 6, 9, 12
-    monkeypatch.setattr(Trainer, "_eval_loss", lambda self, batches: next(losses))
+    monkeypatch.setattr(trainer_module, "evaluate",
+                        lambda *args: EvalResult(loss=next(losses), loss_se=0.0, n=1))
     r = recipe(schedule="validation", p0=0.2, delta=0.05, p_max=0.28, train={"eval_interval": 3})
     spy = steps_rates(tmp_path, r)
     emb = [x["embedding"] for x in spy.rates]

@@ -33,6 +33,19 @@ def active() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
+def sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum across ranks (a copy; identity without DDP)."""
+    t = t.clone()
+    if active():
+        dist.all_reduce(t)
+    return t
+
+
 def mean(values: list[float]) -> list[float]:
     """Element-wise mean across ranks (identity without DDP)."""
     if not active():

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from ..data import CharData
+    from ..data import Task
     from ..recipe import Recipe
+    from .evaluation import EvalResult
 
 
 @dataclass
@@ -17,19 +19,26 @@ class State:
     model: torch.nn.Module
     """The unwrapped model (never the DDP wrapper): methods address ``model.blocks`` etc."""
     optimizer: torch.optim.Optimizer | None
-    data: "CharData"
+    data: "Task"
+    """The data kind (splits, batches, scoring)."""
     step: int = 0
     """Optimizer steps completed."""
     loss: float | None = None
     """Training loss of the last step (this rank)."""
     val_loss: float | None = None
     best_val_loss: float | None = None
+    val_error: float | None = None
+    """Classification: top-1 validation error (%) of the last evaluation."""
+    best_val_error: float | None = None
     rank: int = 0
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)
     """Method metrics for the next metrics row, namespaced ``method/name``."""
     rebuild: dict[str, str] | None = None
     """Set by :meth:`request_rebuild`; the trainer consumes it."""
+    evaluate: "Callable[..., EvalResult] | None" = None
+    """``evaluate(split="val", whole=True)``: score the full model on a split now (eval mode; the
+    run's state is untouched). Set by the trainer, for methods that need a measurement."""
 
     @property
     def max_steps(self) -> int:

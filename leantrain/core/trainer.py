@@ -13,16 +13,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import measure
 from ..config import build, to_dict
-from ..data import BatchSampler, CharData, fixed_batches
 from ..errors import ConfigError, LeantrainError
 from ..recipe import Recipe
-from ..registry import get_method, get_model
+from ..registry import get_data, get_method, get_model, model_task
 from . import checkpoint, distributed
+from .evaluation import EvalResult, evaluate
 from .events import Event
 from .method import Method
 from .state import State
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+EVAL_BATCH = 256  # samples per batch when a whole split is evaluated (results do not depend on it)
 
 
 def lr_at(step: int, t) -> float:
@@ -35,12 +36,23 @@ def lr_at(step: int, t) -> float:
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.lr - t.min_lr)
 
 
-def build_optimizer(model: torch.nn.Module, t) -> torch.optim.AdamW:
-    """AdamW; weight decay only on ≥ 2-D tensors (matmul weights, embeddings), as in nanoGPT."""
+def build_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay only on ≥ 2-D tensors (matmul and conv weights, embeddings), as in
+    nanoGPT — never on biases and norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+def check_model_fits_data(model_name: str, data_name: str, task) -> None:
+    consumes = model_task(model_name)
+    if consumes != task.task:
+        what = {"lm": "token sequences (language modelling)", "classification": "labelled arrays (classification)"}
+        raise ConfigError(f"model {model_name!r} consumes {what.get(consumes, consumes)}, but data "
+                          f"{data_name!r} is {what.get(task.task, task.task)}; choose a model for this data")
 
 
 def check_combination(methods: list[Method]) -> None:
@@ -90,14 +102,12 @@ class Trainer:
         self.verbose = verbose and self.main
         self.out_dir = Path(out_dir) if out_dir else None
 
-        self.data = CharData(recipe.data)
+        model_task(recipe.model_name)  # an unknown model name is reported before the data is read
+        self.data = get_data(recipe.data_name)(recipe.data)
+        check_model_fits_data(recipe.model_name, recipe.data_name, self.data)
         mcfg = recipe.model
-        if getattr(mcfg, "vocab_size", None) is None:
-            mcfg.vocab_size = self.data.vocab_size
-        elif mcfg.vocab_size < self.data.vocab_size:
-            raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the data's "
-                              f"{self.data.vocab_size} characters")
-        self.data.check_block_size(mcfg.block_size, t.batch_size)
+        mcfg.adapt_to_data(self.data.info())
+        self.data.check_model(mcfg, t.batch_size, self.world)
 
         self.methods = [get_method(n)(c) for n, c in recipe.methods] + list(methods)
         check_combination(self.methods)
@@ -107,7 +117,7 @@ class Trainer:
         factory, _ = get_model(recipe.model_name)
         model = factory(mcfg).to(self.device)
         self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
-                           rank=self.rank, world_size=self.world)
+                           rank=self.rank, world_size=self.world, evaluate=self.evaluate_split)
         for m in self.methods:
             # Methods made in Python carry configs that never went through build(): check them too.
             build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
@@ -119,16 +129,14 @@ class Trainer:
         if self.out_dir is not None:
             distributed.on_main(lambda: self._prepare_out_dir(ckpt, overwrite))
 
-        self.sampler = BatchSampler(self.data.train, mcfg.block_size, t.batch_size, t.seed,
-                                    self.rank, self.world)
-        self.val_batches = fixed_batches(self.data.val, mcfg.block_size, t.batch_size, t.eval_iters,
-                                         recipe.data.val_seed)
-        self.train_eval_batches = fixed_batches(self.data.train, mcfg.block_size, t.batch_size,
-                                                t.eval_iters, recipe.data.val_seed + 1) if t.eval_train else []
+        self.sampler = self.data.sampler(t.batch_size, t.seed, self.rank, self.world, mcfg)
+        self.val_batches = self._eval_batches("val")
+        self.train_eval_batches = self._eval_batches("train") if t.eval_train else []
         self.meter = measure.StepMeter()
         self.seconds = 0.0
         self.eval_seconds = 0.0
         self.loss_sum, self.loss_count = 0.0, 0
+        self.test_figures: dict[str, float] = {}
         self.start_step = 0
         self.state.optimizer = build_optimizer(model, t)
         if ckpt is not None:
@@ -137,7 +145,18 @@ class Trainer:
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.main
 
     # -- setup ---------------------------------------------------------------------------------
+    def _eval_batches(self, split: str, whole: bool = False) -> list:
+        """The batches an evaluation of ``split`` runs: text's fixed batches, or a whole split."""
+        t = self.recipe.train
+        fixed = self.data.has_fixed_eval() and not whole
+        return self.data.eval_batches(split, t.batch_size if fixed else EVAL_BATCH, self.recipe.model,
+                                      whole=not fixed, n_batches=t.eval_iters)
+
     def _check_compatible(self, ckpt: checkpoint.Checkpoint) -> None:
+        saved_data = ckpt.meta["recipe"].get("data", {}).get("name", "text")
+        if saved_data != self.recipe.data_name:
+            raise LeantrainError(f"checkpoint {ckpt.path} was trained on data {saved_data!r}; the recipe "
+                                 f"has {self.recipe.data_name!r}")
         saved = ckpt.meta["recipe"]["model"]
         here = self.recipe.to_dict()["model"]
         diff = [k for k in sorted(set(saved) | set(here)) if saved.get(k) != here.get(k)]
@@ -219,15 +238,16 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        rng = {"sampler": self.sampler.state(), "torch": torch.get_rng_state()}
+        rng = {**self.sampler.state(), "torch": torch.get_rng_state()}
         all_rng = distributed.gather(rng)
         if not self.main or self.out_dir is None:
             return
         tensors = {"model": checkpoint.model_tensors(self.state.model),
                    "optimizer": checkpoint.optimizer_tensors(self.state.model, self.state.optimizer),
                    "rng": {f"{k}/rank{r}": v for r, d in enumerate(all_rng) for k, v in d.items()}}
-        meta = {"recipe": self.recipe.to_dict(), "vocab": self.data.chars, "world_size": self.world,
+        meta = {"recipe": self.recipe.to_dict(), **self.data.meta(), "world_size": self.world,
                 "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
+                "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
                 "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "loss_acc": [self.loss_sum, self.loss_count],
@@ -238,6 +258,7 @@ class Trainer:
         meta, s = ckpt.meta, self.state
         s.step = self.start_step = meta["step"]
         s.val_loss, s.best_val_loss = meta["val_loss"], meta["best_val_loss"]
+        s.val_error, s.best_val_error = meta.get("val_error"), meta.get("best_val_error")
         for m, saved in zip(self.methods, meta["methods"]):
             m.load_state_dict(saved["state"])
             m.restore(s)
@@ -245,7 +266,9 @@ class Trainer:
         checkpoint.load_model_tensors(s.model, ckpt.model, ckpt.path)
         s.optimizer = build_optimizer(s.model, self.recipe.train)
         checkpoint.load_optimizer_state(s.model, s.optimizer, ckpt.optimizer)
-        self.sampler.set_state(ckpt.rng[f"sampler/rank{self.rank}"])
+        suffix = f"/rank{self.rank}"
+        self.sampler.load_state({k[: -len(suffix)]: v for k, v in ckpt.rng.items()
+                                 if k.endswith(suffix) and k.startswith("sampler")})
         torch.set_rng_state(ckpt.rng[f"torch/rank{self.rank}"])
         self.meter.total_flops = meta["flops"]
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
@@ -292,24 +315,35 @@ class Trainer:
         self.dispatch(Event.STEP_END)
         self.seconds += time.perf_counter() - t0
 
-    @torch.no_grad()
-    def _eval_loss(self, batches) -> float:
-        mine = batches[self.rank::self.world]
-        total = sum(self.state.model(x.to(self.device), y.to(self.device))[1].item() for x, y in mine)
-        s, n = distributed.mean([total, float(len(mine))])  # mean of per-rank sums / counts
-        return s / n
+    def evaluate_split(self, split: str = "val", whole: bool = True) -> EvalResult:
+        """Evaluate the model (in eval mode: the full network) on ``split`` — the whole split, or the
+        run's evaluation batches with ``whole=False`` — without touching the run's state. Methods
+        reach it as ``state.evaluate``; the time counts as evaluation time."""
+        t0 = time.perf_counter()
+        model = self.state.model
+        was_training = model.training
+        model.eval()
+        try:
+            batches = self.val_batches if split == "val" and not whole else self._eval_batches(split, whole)
+            return evaluate(model, self.data, batches, self.device)
+        finally:
+            model.train(was_training)
+            self.eval_seconds += time.perf_counter() - t0
 
     def evaluate(self) -> dict:
         t0 = time.perf_counter()
         s = self.state
         s.model.eval()
         self.dispatch(Event.EVAL_START)
-        row = {"val_loss": self._eval_loss(self.val_batches)}
+        val = evaluate(s.model, self.data, self.val_batches, self.device)
+        row = val.row("val")
         if self.train_eval_batches:
-            row["train_eval_loss"] = self._eval_loss(self.train_eval_batches)
+            row["train_eval_loss"] = evaluate(s.model, self.data, self.train_eval_batches, self.device).loss
         s.model.train()
-        s.val_loss = row["val_loss"]
+        s.val_loss, s.val_error = val.loss, val.error
         s.best_val_loss = s.val_loss if s.best_val_loss is None else min(s.best_val_loss, s.val_loss)
+        if val.error is not None:
+            s.best_val_error = val.error if s.best_val_error is None else min(s.best_val_error, val.error)
         self.dispatch(Event.EVAL_END)
         self.eval_seconds += time.perf_counter() - t0
         return row
@@ -323,7 +357,7 @@ class Trainer:
         row.update(extra)
         row.update({"lr": s.metrics.pop("lr", lr_at(s.step, t)),
                     "flops": self.meter.total_flops * self.world, "seconds": self.seconds,
-                    "tokens": s.step * t.batch_size * s.model.config.block_size * self.world})
+                    self.data.unit: self._items(s.step)})
         row.update(s.metrics)
         s.metrics.clear()
         return row
@@ -369,18 +403,29 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.dispatch(Event.FIT_END)
+        if s.step >= t.max_steps and "test" in self.data.splits:
+            # The test split is scored once, at the end, and never used for choices.
+            self.test_figures = self.evaluate_split("test").row("test")
         self.save_checkpoint()
         summary = self.summary()
         if self.main and self.out_dir is not None:
             checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
 
+    def _items(self, steps: int) -> int:
+        """Tokens (text) or samples (classification) trained on in ``steps`` steps, all ranks."""
+        return steps * self.recipe.train.batch_size * self.data.items_per_sample(self.recipe.model) * self.world
+
     def summary(self) -> dict:
         t, s = self.recipe.train, self.state
-        tokens = s.step * t.batch_size * s.model.config.block_size * self.world
-        return {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss,
-                "train_flops": self.meter.total_flops * self.world, "wall_seconds": self.seconds,
-                "eval_seconds": self.eval_seconds, "tokens_per_second": tokens / max(self.seconds, 1e-9),
-                "peak_activation_bytes": self.meter.peak_activation_bytes, "steps": s.step,
-                "finished": s.step >= t.max_steps, "world_size": self.world,
-                "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()}
+        out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss}
+        if s.val_error is not None:
+            out.update({"final_val_error": s.val_error, "best_val_error": s.best_val_error})
+        out.update(self.test_figures)
+        out.update({"train_flops": self.meter.total_flops * self.world, "wall_seconds": self.seconds,
+                    "eval_seconds": self.eval_seconds,
+                    f"{self.data.unit}_per_second": self._items(s.step) / max(self.seconds, 1e-9),
+                    "peak_activation_bytes": self.meter.peak_activation_bytes, "steps": s.step,
+                    "finished": s.step >= t.max_steps, "world_size": self.world,
+                    "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()})
+        return out

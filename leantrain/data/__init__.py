@@ -1,14 +1,23 @@
-"""Data kinds (tasks), one file each, chosen by ``data.name`` in a recipe. Importing registers them.
+"""Data kinds, one file each, chosen by ``data.name`` in a recipe (default ``text``).
 
-A data kind turns its config into train / validation (/ test) splits, batches drawn from a seeded
-generator (checkpointed), evaluation batches, and a :class:`DataInfo` that tells the model what the
-data decides (vocabulary, input shape, classes).
+A data kind (a :class:`Task` subclass registered with ``@register_data``) owns everything the
+trainer must not know about the data: reading and checking it, the splits, training batches from a
+seeded generator (its state is checkpointed, so a resumed run sees the same batches), evaluation
+batches, how a batch is scored, and a :class:`DataInfo` that tells the model what the data decides
+(vocabulary, input shape, classes). Kinds: ``text`` (character-level language modelling),
+``mnist1d``, ``npz`` and ``cifar10`` (classification, in ``arrays.py`` / ``mnist1d.py``).
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
+from typing import ClassVar
 
-from .text import BUNDLED, BatchSampler, CharData, DataConfig, fixed_batches, split_windows
+import torch
+import torch.nn.functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -24,4 +33,84 @@ class DataInfo:
     """classification: number of labels."""
 
 
-__all__ = ["DataInfo", "BUNDLED", "BatchSampler", "CharData", "DataConfig", "fixed_batches", "split_windows"]
+class Sampler:
+    """Training batches from a seeded generator; ``state()`` / ``load_state()`` for exact resume."""
+
+    def next(self) -> Batch:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that restore the sampler exactly (keys are names, stored per rank)."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class Task:
+    """A data kind. Subclasses set ``name``, ``Config``, ``task`` and ``unit`` and implement the rest."""
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    task: ClassVar[str] = "lm"
+    """``lm`` or ``classification``: which models can consume it (see ``register_model``)."""
+    unit: ClassVar[str] = "tokens"
+    """What throughput counts: ``tokens`` (per sequence: the model's context) or ``samples``."""
+    splits: ClassVar[tuple[str, ...]] = ("train", "val")
+    """Splits this data has (``test`` only where one is held out)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # -- what the model and the run must know
+    def info(self) -> DataInfo:
+        raise NotImplementedError
+
+    def check_model(self, model_cfg, batch_size: int, world: int) -> None:
+        """Refuse a model config that cannot run on this data (e.g. a context longer than a split)."""
+
+    def items_per_sample(self, model_cfg) -> int:
+        """Units of throughput in one sample (tokens of a sequence; 1 for classification)."""
+        return 1
+
+    def meta(self) -> dict:
+        """JSON facts a checkpoint needs to use the model without the data (e.g. the vocabulary)."""
+        return {}
+
+    # -- batches
+    def sampler(self, batch_size: int, seed: int, rank: int, world: int, model_cfg) -> Sampler:
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int, model_cfg, *, whole: bool = False,
+                     n_batches: int = 0) -> list[Batch]:
+        """Evaluation batches of ``split``: the whole split, or (where the data allows a cheaper
+        figure, see ``has_fixed_eval``) ``n_batches`` fixed batches, the same for every run."""
+        raise NotImplementedError
+
+    def has_fixed_eval(self) -> bool:
+        """True if ``eval_batches(whole=False)`` is a subset (fixed batches), not the whole split."""
+        return False
+
+    # -- scoring
+    def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample losses (mean over a sequence's tokens) and, for classification, per-sample
+        correctness (1.0 right, 0.0 wrong); None where error is not defined."""
+        if self.task == "lm":
+            B = y.size(0)
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
+            return nll.view(B, -1).mean(1), None
+        nll = F.cross_entropy(logits.float(), y, reduction="none")
+        return nll, (logits.argmax(-1) == y).float()
+
+
+def load_kinds() -> None:
+    """Import every data-kind module in this package (each registers itself)."""
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+from .text import BUNDLED, BatchSampler, CharData, DataConfig, TextConfig, TextTask, fixed_batches, split_windows  # noqa: E402
+
+load_kinds()
+
+__all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "CharData", "DataConfig",
+           "TextConfig", "TextTask", "fixed_batches", "split_windows"]

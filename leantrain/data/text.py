@@ -1,4 +1,4 @@
-"""Character-level language-modelling data: a text file, a char vocabulary, seeded batches.
+"""``text``: character-level language modelling on a text file (the default data kind).
 
 The bundled corpus (``datasets/shakespeare_char.txt``, built by ``scripts/build_shakespeare.py``)
 is used when ``data.path`` is empty. The first ``1 - val_fraction`` of the text trains, the rest
@@ -17,12 +17,14 @@ import torch
 
 from ..config import check
 from ..errors import LeantrainError
+from ..registry import register_data
+from . import DataInfo, Sampler, Task
 
 BUNDLED = Path(__file__).parent / "datasets" / "shakespeare_char.txt"
 
 
 @dataclass
-class DataConfig:
+class TextConfig:
     path: str | None = None
     """Plain-text file to model character by character; null = the bundled Shakespeare corpus."""
     val_fraction: float = 0.1
@@ -35,6 +37,9 @@ class DataConfig:
     def validate(self) -> None:
         check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         check(self.train_chars is None or self.train_chars > 0, "train_chars", "must be positive")
+
+
+DataConfig = TextConfig  # the name before data kinds existed
 
 
 def read_text(path: Path) -> str:
@@ -53,11 +58,16 @@ def read_text(path: Path) -> str:
         raise LeantrainError(f"data file is not UTF-8 text ({e.reason} at byte {e.start}): {path}") from None
 
 
-class CharData:
-    """Encoded train/val token tensors plus the vocabulary."""
+@register_data
+class TextTask(Task):
+    """Character-level text: encoded train/val token tensors plus the vocabulary."""
+    name = "text"
+    Config = TextConfig
+    task = "lm"
+    unit = "tokens"
 
-    def __init__(self, cfg: DataConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TextConfig):
+        super().__init__(cfg)
         self.path = Path(cfg.path) if cfg.path else BUNDLED
         text = read_text(self.path)
         self.chars = sorted(set(text))
@@ -94,6 +104,39 @@ class CharData:
                     f"model.block_size={block_size} is longer than the {name} split of {self.path} "
                     f"({len(split)} characters); use a longer text or a shorter block_size")
 
+    # -- the Task interface
+    def info(self) -> DataInfo:
+        return DataInfo(task="lm", vocab_size=self.vocab_size)
+
+    def check_model(self, model_cfg, batch_size: int, world: int) -> None:
+        self.check_block_size(model_cfg.block_size, batch_size)
+
+    def items_per_sample(self, model_cfg) -> int:
+        return model_cfg.block_size
+
+    def meta(self) -> dict:
+        return {"vocab": self.chars}
+
+    def sampler(self, batch_size: int, seed: int, rank: int, world: int, model_cfg) -> "BatchSampler":
+        return BatchSampler(self.train, model_cfg.block_size, batch_size, seed, rank, world)
+
+    def has_fixed_eval(self) -> bool:
+        return True
+
+    def eval_batches(self, split: str, batch_size: int, model_cfg, *, whole: bool = False, n_batches: int = 0):
+        """``n_batches`` fixed batches of windows (drawn once from ``val_seed``; ``val_seed + 1`` for
+        the training split) or, with ``whole``, every non-overlapping window of the split."""
+        if split not in self.splits:
+            raise LeantrainError(f"text data has no {split!r} split (it has {', '.join(self.splits)})")
+        data = self.train if split == "train" else self.val
+        if whole:
+            return list(split_windows(data, model_cfg.block_size, batch_size))
+        seed = self.cfg.val_seed + (1 if split == "train" else 0)
+        return fixed_batches(data, model_cfg.block_size, batch_size, n_batches, seed)
+
+
+CharData = TextTask  # the name before data kinds existed
+
 
 def windows(data: torch.Tensor, starts: torch.Tensor, block_size: int):
     x = torch.stack([data[i: i + block_size] for i in starts.tolist()])
@@ -101,7 +144,7 @@ def windows(data: torch.Tensor, starts: torch.Tensor, block_size: int):
     return x, y
 
 
-class BatchSampler:
+class BatchSampler(Sampler):
     """Random training windows from a seeded generator; its state goes into checkpoints."""
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, seed: int,
@@ -117,11 +160,11 @@ class BatchSampler:
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.gen)
         return windows(self.data, starts, self.block_size)
 
-    def state(self) -> torch.Tensor:
-        return self.gen.get_state()
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sampler": self.gen.get_state()}
 
-    def set_state(self, s: torch.Tensor) -> None:
-        self.gen.set_state(s)
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(state["sampler"])
 
 
 def split_windows(data: torch.Tensor, block_size: int, batch_size: int):
