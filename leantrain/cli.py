@@ -1,4 +1,4 @@
-"""``leantrain`` command line: train, sample, methods, bench. Bad input exits 2 with one line."""
+"""``leantrain`` command line: train, evaluate, sample, methods, bench. Bad input exits 2 with one line."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +10,41 @@ from .config import apply_overrides, describe
 from .errors import LeantrainError
 
 
+def _keys(cls, prefix: str, skip: set = frozenset()) -> list[str]:
+    lines = []
+    for key, default, doc in describe(cls, prefix):
+        if (key, default) in skip:
+            continue
+        lines.append(f"  {key} = {default}")
+        lines += textwrap.wrap(doc, 90, initial_indent="      ", subsequent_indent="      ")
+    return lines
+
+
 def _config_help() -> str:
-    from .data import DataConfig
-    from .models.gpt import GPTConfig
+    from .data.arrays import ArrayConfig
     from .recipe import TrainConfig
-    lines = ["recipe keys (YAML sections, or --set section.key=value):"]
-    for section, cls in (("data", DataConfig), ("model", GPTConfig), ("train", TrainConfig)):
-        if section == "model":
-            lines.append("  model.name = 'gpt'\n      Registered model (leantrain methods --models).")
-        for key, default, doc in describe(cls, f"{section}."):
-            lines.append(f"  {key} = {default}")
-            lines += textwrap.wrap(doc, 90, initial_indent="      ", subsequent_indent="      ")
-    lines.append("  methods = [{name: ..., <options>}]\n      See `leantrain methods --options`; "
+    from .registry import MODEL_TASKS, get_model, list_data, list_models
+    kinds = sorted(list_data(), key=lambda d: (d.name != "text", d.name))
+    shared = {(k, d) for k, d, _ in describe(ArrayConfig, "data.")}
+    arrays = [d.name for d in kinds if issubclass(d.Config, ArrayConfig)]
+    lines = ["recipe keys (YAML sections, or --set section.key=value):", "",
+             "data.name = 'text'  — the data kind: " + ", ".join(
+                 f"{d.name} ({d.task})" for d in kinds) + ". Their options:"]
+    for d in kinds:
+        if d.name == arrays[0]:
+            lines.append(f"  [data.name: {' | '.join(arrays)}] options every array kind shares")
+            lines += _keys(ArrayConfig, "data.")
+        own = shared if d.name in arrays else set()
+        lines.append(f"  [data.name: {d.name}] {(d.__doc__ or '').strip().splitlines()[0]}"
+                     + (" Also (or with other defaults):" if own else ""))
+        lines += _keys(d.Config, "data.", own)
+    lines += ["", "model.name = 'gpt'  — the model: " + ", ".join(
+        f"{m} (consumes {MODEL_TASKS[m]})" for m in list_models()) + ". Its options:"]
+    for m in list_models():
+        lines.append(f"  [model.name: {m}]")
+        lines += _keys(get_model(m)[1], "model.")
+    lines += ["", "train: the loop (every data kind and model)"] + _keys(TrainConfig, "train.")
+    lines.append("\nmethods = [{name: ..., <options>}]\n      See `leantrain methods --options`; "
                  "override with --set methods.<name>.<option>=value.")
     return "\n".join(lines)
 
@@ -86,22 +109,15 @@ def _sample(args) -> int:
 def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, seed=0) -> str:
     import torch
 
-    from .core import State, checkpoint
-    from .recipe import Recipe
-    from .registry import get_method, get_model
+    from .core.loading import load_trained
     if tokens <= 0 or temperature <= 0 or top_k <= 0:
         raise LeantrainError("--tokens, --temperature and --top-k must be positive")
-    ckpt = checkpoint.load(ckpt_dir)
-    recipe = Recipe.from_dict(ckpt.meta["recipe"])
-    model = get_model(recipe.model_name)[0](recipe.model)
-    state = State(recipe=recipe, model=model, optimizer=None, data=None)
-    for (name, cfg), saved in zip(recipe.methods, ckpt.meta["methods"]):
-        method = get_method(name)(cfg)  # surgery methods rebuild the shape they trained to
-        method.load_state_dict(saved["state"])
-        method.restore(state)
-    checkpoint.load_model_tensors(model, ckpt.model, ckpt.path)
-    model.eval()
-    vocab = ckpt.meta["vocab"]
+    trained = load_trained(ckpt_dir)
+    if trained.task != "lm" or not hasattr(trained.model, "generate"):
+        raise LeantrainError(f"{ckpt_dir} holds a {trained.recipe.model_name!r} model trained on "
+                             f"{trained.recipe.data_name!r} data ({trained.task}); sample generates text "
+                             "from a language model — use `leantrain evaluate` for classifiers")
+    model, vocab = trained.model, trained.ckpt.meta["vocab"]
     stoi = {c: i for i, c in enumerate(vocab)}
     bad = sorted(set(prompt) - set(stoi))
     if bad:
@@ -109,6 +125,47 @@ def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, se
     idx = torch.tensor([[stoi[c] for c in prompt]], dtype=torch.long)
     out = model.generate(idx, tokens, temperature, top_k, torch.Generator().manual_seed(seed))
     return "".join(vocab[i] for i in out[0].tolist())
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a whole split (loss, error) as JSON",
+                       description="Evaluate a trained model on every sample of a split and print the "
+                       "metrics as JSON (loss with its standard error; classification also top-1 error).")
+    p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split to score (default val; test where the data holds one out)")
+    p.add_argument("--out", type=Path, help="also write the JSON here (default: only print)")
+    p.set_defaults(func=_evaluate)
+
+
+def evaluate_checkpoint(ckpt_dir, split: str = "val") -> dict:
+    from .core.evaluation import evaluate
+    from .core.loading import load_trained
+    from .core.trainer import EVAL_BATCH
+    from .registry import get_data
+    trained = load_trained(ckpt_dir)
+    r = trained.recipe
+    task = get_data(r.data_name)(r.data)
+    result = evaluate(trained.model, task, task.eval_batches(split, EVAL_BATCH, r.model, whole=True),
+                      next(trained.model.parameters()).device)
+    return {"checkpoint": str(trained.ckpt.path), "step": trained.ckpt.meta["step"], "data": r.data_name,
+            "split": split, "samples": result.n, **result.row(split)}
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .core.checkpoint import write_text_atomic
+    row = evaluate_checkpoint(args.ckpt, args.split)
+    text = json.dumps(row, indent=1)
+    if args.out is not None:
+        if args.out.is_dir():
+            raise LeantrainError(f"--out {args.out} is a directory; name a file")
+        if not args.out.parent.is_dir():
+            raise LeantrainError(f"--out {args.out}: directory {args.out.parent} does not exist")
+        write_text_atomic(args.out, text + "\n")
+    print(text)
+    return 0
 
 
 def _add_methods(sub) -> None:
@@ -159,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
                                 "train recipes with efficiency methods, measure, compare.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_evaluate(sub)
     _add_sample(sub)
     _add_methods(sub)
     _add_bench(sub)

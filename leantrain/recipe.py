@@ -35,7 +35,7 @@ class TrainConfig:
     lr_decay_steps: int | None = None
     """Step at which the cosine reaches min_lr; null = max_steps."""
     weight_decay: float = 0.1
-    """AdamW weight decay, applied to parameters with ≥ 2 dimensions only."""
+    """Weight decay (AdamW: decoupled; SGD: L2), applied to parameters with ≥ 2 dimensions only."""
     beta1: float = 0.9
     """AdamW β1."""
     beta2: float = 0.99
