@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 from .config import apply_overrides, describe
-from .errors import LeantrainError
+from .errors import LeantrainError, RunStopped
 
 
 def _keys(cls, prefix: str, skip: set = frozenset()) -> list[str]:
@@ -155,14 +155,13 @@ def evaluate_checkpoint(ckpt_dir, split: str = "val") -> dict:
 def _evaluate(args) -> int:
     import json
 
-    from .core.checkpoint import write_text_atomic
+    from .core.checkpoint import ensure_dir, write_text_atomic
     row = evaluate_checkpoint(args.ckpt, args.split)
     text = json.dumps(row, indent=1)
     if args.out is not None:
         if args.out.is_dir():
             raise LeantrainError(f"--out {args.out} is a directory; name a file")
-        if not args.out.parent.is_dir():
-            raise LeantrainError(f"--out {args.out}: directory {args.out.parent} does not exist")
+        ensure_dir(args.out.parent, "directory of --out")
         write_text_atomic(args.out, text + "\n")
     print(text)
     return 0
@@ -208,7 +207,13 @@ def _add_bench(sub) -> None:
         bp.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, quick 1)")
         bp.add_argument("--out", type=Path, default=Path(f"bench_out/{name}"), help="output directory")
         add_args(bp)
-        bp.set_defaults(func=lambda a, run=run: run(a))
+        bp.set_defaults(func=lambda a, run=run: _bench(a, run))
+
+
+def _bench(args, run) -> int:
+    from .core.checkpoint import ensure_dir
+    ensure_dir(args.out, "--out")  # before the suite's runs, not after them
+    return run(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code = args.func(args)
+    except RunStopped as e:  # summary.json says why; nothing non-finite was saved
+        print(f"leantrain: {e}", file=sys.stderr)
+        code = e.exit_code
     except LeantrainError as e:
         print(f"leantrain: error: {e}", file=sys.stderr)
         code = 2

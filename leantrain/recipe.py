@@ -46,6 +46,9 @@ class TrainConfig:
     """SGD with Nesterov momentum."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose loss or gradient norm is NaN/Inf: stop (exit code 3; nothing is updated or
+    saved, the last checkpoint stays) or skip it (no update; counted as nonfinite_skipped)."""
     eval_interval: int = 250
     """Evaluate every N steps (also before the first step and after the last)."""
     eval_iters: int = 20

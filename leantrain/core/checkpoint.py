@@ -101,6 +101,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def ensure_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create directory ``path`` (and its parents) or raise a one-line LeantrainError saying why not:
+    it is a file, lies inside a file, or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LeantrainError(f"{what} {path} is a file, not a directory")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise LeantrainError(f"{what} {path} lies inside {parent}, which is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LeantrainError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> Path:
     """Write checkpoint ``step`` atomically; returns its directory."""
     root = Path(run_dir) / "checkpoints"
@@ -143,6 +162,8 @@ def resolve(path: str | Path) -> Path:
         raise LeantrainError(f"corrupt checkpoint: {latest} names {ckpt.name}, which is missing")
     if not path.exists():
         raise LeantrainError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise LeantrainError(f"{path} is a file; give a run or checkpoint directory")
     raise LeantrainError(f"no checkpoint in {path} (expected checkpoints/latest or state.json)")
 
 

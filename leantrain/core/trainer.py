@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import measure
 from ..config import build, to_dict
-from ..errors import ConfigError, LeantrainError
+from ..errors import ConfigError, LeantrainError, RunStopped
 from ..recipe import Recipe
 from ..registry import get_data, get_method, get_model, model_task
 from . import checkpoint, distributed
@@ -27,10 +29,12 @@ EVAL_BATCH = 256  # samples per batch when a whole split is evaluated (results d
 
 
 def lr_at(step: int, t) -> float:
-    """nanoGPT's schedule: linear warm-up, cosine decay to min_lr at ``decay_steps``, then flat."""
+    """nanoGPT's schedule: linear warm-up, cosine decay to min_lr at ``decay_steps``, then flat.
+    Total: any validated TrainConfig gives a finite LR in [0, lr] at every step (a warm-up as long
+    as the decay leaves no cosine: the LR drops to min_lr when the warm-up ends)."""
     if step < t.warmup_steps:
         return t.lr * (step + 1) / (t.warmup_steps + 1)
-    if step > t.decay_steps:
+    if step >= t.decay_steps:
         return t.min_lr
     ratio = (step - t.warmup_steps) / (t.decay_steps - t.warmup_steps)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.lr - t.min_lr)
@@ -137,6 +141,9 @@ class Trainer:
         self.eval_seconds = 0.0
         self.loss_sum, self.loss_count = 0.0, 0
         self.test_figures: dict[str, float] = {}
+        self.skipped = 0  # steps skipped for a non-finite loss or gradient (on_nonfinite: skip)
+        self._interrupted = False  # set by Ctrl-C
+        self.interrupt_agreed = False
         self.start_step = 0
         self.state.optimizer = build_optimizer(model, t)
         if ckpt is not None:
@@ -177,6 +184,8 @@ class Trainer:
 
     def _prepare_out_dir(self, ckpt, overwrite: bool) -> None:
         out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise LeantrainError(f"output directory {out} is a file, not a directory")
         continuing = ckpt is not None and ckpt.path.parent.parent.resolve() == out.resolve()
         existing = [f for f in RUN_FILES if (out / f).exists()]
         if existing and not continuing:
@@ -192,7 +201,7 @@ class Trainer:
                                      "pass --overwrite to replace it")
             for f in existing:
                 (shutil.rmtree if (out / f).is_dir() else Path.unlink)(out / f)
-        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.ensure_dir(out)
         if continuing:  # drop rows logged after the checkpoint by the interrupted run
             rows = self._read_metrics()
             self._write_lines(out / "metrics.jsonl", [r for r in rows if r["step"] <= ckpt.meta["step"]])
@@ -238,6 +247,11 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        bad = [n for n, v in checkpoint.model_tensors(self.state.model).items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # never replace a good checkpoint with a broken one
+            raise RunStopped(f"refusing to save a checkpoint at step {self.state.step}: {bad[0]} holds NaN "
+                             "or Inf; the last checkpoint is untouched", exit_code=3)
         rng = {**self.sampler.state(), "torch": torch.get_rng_state()}
         all_rng = distributed.gather(rng)
         if not self.main or self.out_dir is None:
@@ -250,7 +264,7 @@ class Trainer:
                 "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
                 "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
-                "loss_acc": [self.loss_sum, self.loss_count],
+                "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
         checkpoint.save(self.out_dir, self.state.step, meta, tensors)
 
@@ -274,6 +288,7 @@ class Trainer:
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
+        self.skipped = meta.get("nonfinite_skipped", 0)
 
     # -- the loop ------------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:
@@ -303,17 +318,67 @@ class Trainer:
                tuple(m.flop_key(s) for m in self.methods))
         loss = self.meter.step(key, lambda: self._forward_backward(x, y), s.model.parameters())
         self.dispatch(Event.AFTER_BACKWARD)
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
-        s.optimizer.step()
+        norm = self._grad_norm()
+        value, norm = torch.stack([loss.detach().float().cpu(), norm.float().cpu()]).tolist()
+        finite, self.interrupt_agreed = self._agree(math.isfinite(value) and math.isfinite(norm))
+        if finite:
+            s.optimizer.step()
+        elif t.on_nonfinite == "stop":
+            s.optimizer.zero_grad(set_to_none=True)
+            self.seconds += time.perf_counter() - t0
+            self._stop_nonfinite(value, norm, lr)
         s.optimizer.zero_grad(set_to_none=True)
         s.step += 1
-        s.loss = loss.item()
-        self.loss_sum += s.loss
-        self.loss_count += 1
+        if finite:
+            s.loss = value
+            self.loss_sum += s.loss
+            self.loss_count += 1
+        else:  # on_nonfinite: skip — no update, counted and logged
+            self.skipped += 1
+            s.metrics["nonfinite_skipped"] = self.skipped
         s.metrics["lr"] = lr
         self.dispatch(Event.STEP_END)
         self.seconds += time.perf_counter() - t0
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Clip to ``grad_clip`` (if set) and return the global gradient norm (checked for Inf/NaN)."""
+        params = [p for p in self.state.model.parameters() if p.grad is not None]
+        if self.recipe.train.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.recipe.train.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+
+    def _agree(self, finite: bool) -> tuple[bool, bool]:
+        """(every rank's step is finite, some rank was interrupted): one small all-reduce under DDP,
+        so all ranks take the same decision at the same step."""
+        if not distributed.active():
+            return finite, self._interrupted
+        flags = distributed.sum_tensor(torch.tensor([float(not finite), float(self._interrupted)]))
+        return flags[0].item() == 0, flags[1].item() > 0
+
+    def _stop_nonfinite(self, value: float, norm: float, lr: float) -> None:
+        s = self.state
+        if not math.isfinite(value):
+            what = f"loss {value}"
+        elif not math.isfinite(norm):
+            what = f"gradient norm {norm} (loss {value:.4g})"
+        else:
+            what = "loss or gradient on another rank"
+        last = f"last finite loss {s.loss:.4f}" if s.loss is not None else "no finite loss yet"
+        raise self._stopped(f"non-finite {what} at step {s.step + 1}, lr {lr:.3g}; {last}; nothing was "
+                            "updated or saved", exit_code=3)
+
+    def _stopped(self, reason: str, exit_code: int) -> RunStopped:
+        """Write the summary of a run that stops early (``finished: false`` and the reason), and the
+        exception that carries the message and exit code to the caller."""
+        latest = None
+        if self.out_dir is not None and (self.out_dir / "checkpoints" / "latest").is_file():
+            latest = checkpoint.read_meta(self.out_dir)["step"]
+        where = (f"the latest checkpoint is step {latest} (continue with --resume {self.out_dir})"
+                 if latest is not None else "no checkpoint was written (train.checkpoint_interval keeps some)")
+        summary = {**self.summary(), "finished": False, "stopped": reason}
+        if self.main and self.out_dir is not None:
+            checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
+        return RunStopped(f"stopped: {reason}; {where}", exit_code)
 
     def evaluate_split(self, split: str = "val", whole: bool = True) -> EvalResult:
         """Evaluate the model (in eval mode: the full network) on ``split`` — the whole split, or the
@@ -377,10 +442,18 @@ class Trainer:
                   f"{row['seconds']:.1f}s{extra}", flush=True)
 
     def fit(self, until: int | None = None) -> dict:
-        """Train to ``max_steps`` (or stop after step ``until``, checkpointed). Returns the summary."""
+        """Train to ``max_steps`` (or stop after step ``until``, checkpointed). Returns the summary.
+
+        Raises :class:`RunStopped` (after writing the summary) on a non-finite loss or gradient with
+        ``on_nonfinite: stop`` — nothing non-finite is applied or saved — and on Ctrl-C, after saving
+        a checkpoint at the last completed step."""
         s, t = self.state, self.recipe.train
         stop = t.max_steps if until is None else min(until, t.max_steps)
         s.model.train()
+        if t.warmup_steps >= t.max_steps and s.step == 0 and self.verbose:
+            print(f"note: train.warmup_steps={t.warmup_steps} ≥ train.max_steps={t.max_steps}: the learning "
+                  f"rate warms up for the whole run and peaks at {lr_at(t.max_steps - 1, t):.3g}, never "
+                  f"reaching train.lr={t.lr:g}", flush=True)
         self.dispatch(Event.FIT_START)
         if s.step == 0:
             self._emit(self._metrics_row(self.evaluate()))
@@ -388,20 +461,26 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=t.max_steps, initial=s.step, unit="step", dynamic_ncols=True)
-        while s.step < stop:
-            self.train_step()
-            evaluated = s.step % t.eval_interval == 0 or s.step == t.max_steps
-            if evaluated or s.step % t.log_interval == 0:
-                row = self._metrics_row(self.evaluate() if evaluated else {})
-                self._emit(row)
-                if bar is not None:
-                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_loss") if k in row})
+        try:
+            with self._catch_interrupts():
+                while s.step < stop:
+                    self.train_step()
+                    evaluated = s.step % t.eval_interval == 0 or s.step == t.max_steps
+                    if evaluated or s.step % t.log_interval == 0:
+                        row = self._metrics_row(self.evaluate() if evaluated else {})
+                        self._emit(row)
+                        if bar is not None:
+                            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_loss") if k in row})
+                    if bar is not None:
+                        bar.update(1)
+                    if self.interrupt_agreed:
+                        self.save_checkpoint()
+                        raise self._stopped(f"interrupted after step {s.step}", exit_code=130)
+                    if t.checkpoint_interval and s.step % t.checkpoint_interval == 0 and s.step < stop:
+                        self.save_checkpoint()
+        finally:
             if bar is not None:
-                bar.update(1)
-            if t.checkpoint_interval and s.step % t.checkpoint_interval == 0 and s.step < stop:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+                bar.close()
         self.dispatch(Event.FIT_END)
         if s.step >= t.max_steps and "test" in self.data.splits:
             # The test split is scored once, at the end, and never used for choices.
@@ -411,6 +490,29 @@ class Trainer:
         if self.main and self.out_dir is not None:
             checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
+
+    def _catch_interrupts(self):
+        """While training, a first Ctrl-C (SIGINT) asks to stop after the current step with a
+        checkpoint; a second one interrupts at once. Only the main thread can take signals."""
+        import contextlib
+        if threading.current_thread() is not threading.main_thread():
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def handler():
+            def on_sigint(signum, frame):
+                if self._interrupted:
+                    raise KeyboardInterrupt
+                self._interrupted = True
+                if self.main:
+                    print("\nleantrain: stopping after this step with a checkpoint (Ctrl-C again to "
+                          "abort now)", file=sys.stderr, flush=True)
+            previous = signal.signal(signal.SIGINT, on_sigint)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        return handler()
 
     def _items(self, steps: int) -> int:
         """Tokens (text) or samples (classification) trained on in ``steps`` steps, all ranks."""
@@ -426,6 +528,7 @@ class Trainer:
                     "eval_seconds": self.eval_seconds,
                     f"{self.data.unit}_per_second": self._items(s.step) / max(self.seconds, 1e-9),
                     "peak_activation_bytes": self.meter.peak_activation_bytes, "steps": s.step,
+                    "nonfinite_skipped": self.skipped,
                     "finished": s.step >= t.max_steps, "world_size": self.world,
                     "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()})
         return out
