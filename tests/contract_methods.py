@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
 
 from leantrain import Event, Method
 from leantrain.config import check
@@ -113,3 +114,46 @@ class OtherStrategy(HalfBatchStrategy):
 class OtherDepth(Method):
     name = "probe_depth_2"
     exclusive_group = "depth"
+
+
+@dataclass
+class PhaseConfig:
+    phase: int = 5
+    """Steps at the start that this method takes over."""
+
+
+class PhaseProbe(Method):
+    """Surgery with a phase: ``setup`` attaches a trainable gain to the model; for the first ``phase``
+    steps ``training_step`` replaces the step (loss scaled by the gain), and a tensor of its own
+    (a running sum of the losses it saw) goes through ``tensors`` into checkpoints."""
+    name = "probe_phase"
+    Config = PhaseConfig
+    kind = "surgery"
+    replaces_steps = True
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        self.seen = torch.zeros(1, dtype=torch.float64)
+        self.setup_calls = 0
+
+    def setup(self, state):
+        self.setup_calls += 1
+        state.model.probe_gain = torch.nn.Parameter(torch.ones(()))
+
+    def takes_step(self, state):
+        return state.step < self.cfg.phase
+
+    def training_step(self, state, model, x, y):
+        loss = model(x, y)[1] * state.model.probe_gain
+        loss.backward()
+        self.seen += loss.item()
+        return loss.detach()
+
+    def flop_key(self, state):
+        return self.takes_step(state)
+
+    def tensors(self):
+        return {"seen": self.seen}
+
+    def load_tensors(self, tensors):
+        self.seen = tensors["seen"].clone()

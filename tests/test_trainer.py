@@ -11,7 +11,7 @@ from leantrain.core.trainer import lr_at
 
 from .conftest import read_metrics, tiny
 from .contract_methods import (GrowConfig, GrowOneBlock, HalfBatchStrategy, LinearDropoutProbe,
-                               OtherDepth, OtherStrategy)
+                               OtherDepth, OtherStrategy, PhaseProbe)
 
 
 def fit(recipe, out, **kw):
@@ -122,8 +122,28 @@ def test_step_strategy_replaces_the_step(tiny_recipe, tmp_path):
     assert s["final_val_loss"] == pytest.approx(plain["final_val_loss"], abs=1e-4)  # same gradients
 
 
+def test_setup_phase_strategy_and_method_tensors_resume_exactly(tiny_recipe, tmp_path):
+    def run(out, **kw):
+        probe = PhaseProbe()
+        s = fit(tiny_recipe(train={"log_interval": 1}), out, methods=[probe], **kw)
+        return probe, s
+    full, s_full = run(tmp_path / "full")
+    assert full.setup_calls == 1
+    # the phase's steps were the probe's (its own FLOP key: measured separately), then normal steps
+    assert s_full["step_shapes"] == 2
+    part, _ = run(tmp_path / "part", until=3)  # inside the phase
+    assert checkpoint.load(tmp_path / "part").methods == {"probe_phase/seen": part.seen}
+    resumed, s_res = run(tmp_path / "part", resume=tmp_path / "part")
+    assert resumed.setup_calls == 1 and torch.equal(resumed.seen, full.seen)
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+    assert s_res["final_val_loss"] == s_full["final_val_loss"] and s_res["train_flops"] == s_full["train_flops"]
+    # the attached parameter trained (the run's optimizer covers what setup added) and was saved
+    assert "probe_gain" in checkpoint.load(tmp_path / "full").model
+
+
 @pytest.mark.parametrize("methods, message", [
     ([HalfBatchStrategy(), OtherStrategy()], "both replace the training step"),
+    ([HalfBatchStrategy(), PhaseProbe()], "both replace the training step"),
     ([GrowOneBlock(), OtherDepth()], "cannot be combined"),
 ])
 def test_incompatible_methods(tiny_recipe, tmp_path, methods, message):

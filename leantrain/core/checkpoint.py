@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import LeantrainError
 
 FORMAT = 1
-FILES = ("model", "optimizer", "rng")
+FILES = ("model", "optimizer", "rng")  # always present; "methods" (method-owned tensors) when used
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor]
     rng: dict[str, torch.Tensor]
+    methods: dict[str, torch.Tensor]
+    """Tensors methods keep outside the model (``Method.tensors``), keyed ``<method>/<name>``."""
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,7 +130,7 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         meta = {**meta, "format": FORMAT, "step": step, "sha256": {}}
-        for kind in FILES:
+        for kind in [*FILES, *(k for k in tensors if k not in FILES and tensors[k])]:
             f = tmp / f"{kind}.safetensors"
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors[kind].items()}, f)
             _fsync(f)
@@ -183,8 +185,9 @@ def read_meta(path: str | Path) -> dict:
 def load(path: str | Path) -> Checkpoint:
     ckpt = resolve(path)
     meta = read_meta(ckpt)
-    tensors = {}
-    for kind in FILES:
+    tensors = {"methods": {}}
+    kinds = set(FILES) | set(meta.get("sha256", {}))
+    for kind in sorted(kinds):
         f = ckpt / f"{kind}.safetensors"
         if not f.is_file():
             raise LeantrainError(f"corrupt checkpoint {ckpt}: {f.name} is missing")
@@ -194,4 +197,10 @@ def load(path: str | Path) -> Checkpoint:
             tensors[kind] = load_file(f)
         except (SafetensorError, OSError, ValueError) as e:
             raise LeantrainError(f"corrupt checkpoint {ckpt}: cannot read {f.name} ({e})") from None
-    return Checkpoint(ckpt, meta, tensors["model"], tensors["optimizer"], tensors["rng"])
+    return Checkpoint(ckpt, meta, tensors["model"], tensors["optimizer"], tensors["rng"], tensors["methods"])
+
+
+def method_tensors(ckpt: Checkpoint, method: str) -> dict[str, torch.Tensor]:
+    """The tensors ``method`` saved (``Method.tensors``), without the ``<method>/`` prefix."""
+    prefix = f"{method}/"
+    return {k[len(prefix):]: v for k, v in ckpt.methods.items() if k.startswith(prefix)}

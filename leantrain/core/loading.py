@@ -36,9 +36,14 @@ def load_trained(path: str | Path) -> Trained:
     recipe = Recipe.from_dict(ckpt.meta["recipe"])
     model = get_model(recipe.model_name)[0](recipe.model)
     state = State(recipe=recipe, model=model, optimizer=None, data=None)
-    for (name, cfg), saved in zip(recipe.methods, ckpt.meta["methods"]):
-        method = get_method(name)(cfg)  # surgery methods rebuild the shape they trained to
+    methods = [get_method(name)(cfg) for name, cfg in recipe.methods]
+    for method, saved in zip(methods, ckpt.meta["methods"]):
         method.load_state_dict(saved["state"])
+    for method in methods:  # methods rebuild the structure they trained to (lifecycle as in the trainer)
+        method.setup(state)
+    for method in methods:
         method.restore(state)
-    checkpoint.load_model_tensors(model, ckpt.model, ckpt.path)
-    return Trained(model.eval(), recipe, ckpt)
+    checkpoint.load_model_tensors(state.model, ckpt.model, ckpt.path)
+    for method in methods:
+        method.load_tensors(checkpoint.method_tensors(ckpt, method.name))
+    return Trained(state.model.eval(), recipe, ckpt)

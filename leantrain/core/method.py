@@ -8,6 +8,15 @@ Three kinds (``kind``):
   ``restore`` replays the structural change before the checkpoint's weights are loaded.
 * ``step_strategy`` — replaces forward/loss/backward by ``training_step``. At most one per run.
 
+A surgery method may also take over the steps of a phase (e.g. growth training its operator before
+the target trains normally): it sets ``replaces_steps`` and answers ``replaces_step(state)`` per step;
+it then counts as the run's one step strategy.
+
+Lifecycle: ``check`` (validate against the built model) → ``setup`` (attach modules or change the
+model before the optimizer exists; also on resume, before the checkpoint is loaded) → ``restore``
+(on resume: replay step-dependent structure) → events. State that is not JSON (tensors of an
+operator, its own optimizer) goes through ``tensors`` / ``load_tensors`` into the checkpoint.
+
 Capability flags tell the trainer what a method needs instead of the trainer knowing methods.
 """
 from __future__ import annotations
@@ -35,6 +44,8 @@ class Method:
     """True if some parameters may get no gradient in a step (DDP must be told)."""
     exclusive_group: ClassVar[str | None] = None
     """Methods sharing a group cannot be combined (e.g. two depth-dropping methods)."""
+    replaces_steps: ClassVar[bool] = False
+    """True if ``training_step`` replaces some steps (every step strategy; surgery with a phase)."""
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None else self.Config()
@@ -44,12 +55,24 @@ class Method:
         """Validate against the run (steps, model shape) before anything is written; raise ConfigError.
         (The trainer has already validated ``cfg`` itself, also for methods made in Python.)"""
 
+    def setup(self, state: State) -> None:
+        """Once, after the model is built and checked, before the optimizer exists: attach modules to
+        the model or replace ``state.model``. Parameters present after setup are trained by the run's
+        optimizer. When resuming (or loading a trained model), ``load_state_dict`` has already run, so
+        setup knows how far training got; the checkpoint's weights are loaded afterwards."""
+
     def on_event(self, event: Event, state: State) -> None:
         """React to an event. Schedules and surgery do their work here."""
 
+    def takes_step(self, state: State) -> bool:
+        """Whether ``training_step`` replaces this step (only asked if ``replaces_steps``)."""
+        return True
+
     def training_step(self, state: State, model: torch.nn.Module, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:
-        """Step strategies only: forward + backward on ``model`` (maybe DDP-wrapped); return the loss."""
+        """Step strategies only: forward + backward on ``model`` (maybe DDP-wrapped); return the loss.
+        A strategy that steps optimizers of its own must not step them on a non-finite loss (see
+        ``state.on_nonfinite``)."""
         raise NotImplementedError
 
     def flop_key(self, state: State) -> Hashable:
@@ -64,9 +87,21 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Tensor state outside the model and the run's optimizer (saved with safetensors)."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
     def restore(self, state: State) -> None:
         """Surgery methods: after ``load_state_dict``, rebuild the model structure the checkpoint
         was saved with (its weights are loaded afterwards)."""
+
+    @property
+    def takes_steps(self) -> bool:
+        """Whether this method may replace training steps (a step strategy, or ``replaces_steps``)."""
+        return self.kind == "step_strategy" or self.replaces_steps
 
     @classmethod
     def summary(cls) -> str:

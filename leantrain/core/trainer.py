@@ -60,7 +60,7 @@ def check_model_fits_data(model_name: str, data_name: str, task) -> None:
 
 
 def check_combination(methods: list[Method]) -> None:
-    strategies = [m.name for m in methods if m.kind == "step_strategy"]
+    strategies = [m.name for m in methods if m.takes_steps]
     if len(strategies) > 1:
         raise ConfigError(f"methods {strategies[0]!r} and {strategies[1]!r} both replace the training "
                           "step; at most one step strategy can be active")
@@ -115,7 +115,7 @@ class Trainer:
 
         self.methods = [get_method(n)(c) for n, c in recipe.methods] + list(methods)
         check_combination(self.methods)
-        self.strategy = next((m for m in self.methods if m.kind == "step_strategy"), None)
+        self.strategy = next((m for m in self.methods if m.takes_steps), None)
 
         torch.manual_seed(t.seed)
         factory, _ = get_model(recipe.model_name)
@@ -130,6 +130,10 @@ class Trainer:
         ckpt = checkpoint.load(resume) if resume is not None else None
         if ckpt is not None:
             self._check_compatible(ckpt)
+            for m, saved in zip(self.methods, ckpt.meta["methods"]):
+                m.load_state_dict(saved["state"])
+        for m in self.methods:
+            m.setup(self.state)
         if self.out_dir is not None:
             distributed.on_main(lambda: self._prepare_out_dir(ckpt, overwrite))
 
@@ -145,7 +149,7 @@ class Trainer:
         self._interrupted = False  # set by Ctrl-C
         self.interrupt_agreed = False
         self.start_step = 0
-        self.state.optimizer = build_optimizer(model, t)
+        self.state.optimizer = build_optimizer(self.state.model, t)
         if ckpt is not None:
             self._restore(ckpt)
         self._wrap()
@@ -258,7 +262,8 @@ class Trainer:
             return
         tensors = {"model": checkpoint.model_tensors(self.state.model),
                    "optimizer": checkpoint.optimizer_tensors(self.state.model, self.state.optimizer),
-                   "rng": {f"{k}/rank{r}": v for r, d in enumerate(all_rng) for k, v in d.items()}}
+                   "rng": {f"{k}/rank{r}": v for r, d in enumerate(all_rng) for k, v in d.items()},
+                   "methods": {f"{m.name}/{k}": v for m in self.methods for k, v in m.tensors().items()}}
         meta = {"recipe": self.recipe.to_dict(), **self.data.meta(), "world_size": self.world,
                 "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
@@ -273,11 +278,12 @@ class Trainer:
         s.step = self.start_step = meta["step"]
         s.val_loss, s.best_val_loss = meta["val_loss"], meta["best_val_loss"]
         s.val_error, s.best_val_error = meta.get("val_error"), meta.get("best_val_error")
-        for m, saved in zip(self.methods, meta["methods"]):
-            m.load_state_dict(saved["state"])
+        for m in self.methods:
             m.restore(s)
         s.rebuild = None
         checkpoint.load_model_tensors(s.model, ckpt.model, ckpt.path)
+        for m in self.methods:
+            m.load_tensors(checkpoint.method_tensors(ckpt, m.name))
         s.optimizer = build_optimizer(s.model, self.recipe.train)
         checkpoint.load_optimizer_state(s.model, s.optimizer, ckpt.optimizer)
         suffix = f"/rank{self.rank}"
@@ -296,7 +302,7 @@ class Trainer:
             m.on_event(event, self.state)
 
     def _forward_backward(self, x, y) -> torch.Tensor:
-        if self.strategy is not None:
+        if self.strategy is not None and self.strategy.takes_step(self.state):
             return self.strategy.training_step(self.state, self.ddp_model, x, y)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.recipe.train.amp):
             _, loss = self.ddp_model(x, y)
