@@ -42,3 +42,56 @@ def test_result_rows_cost_to_target_against_same_seed_baseline():
 def test_bench_rejects_bad_seed_count(capsys):
     assert main(["bench", "overhead", "--seeds", "0"]) == 2
     assert "--seeds must be positive" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- whole-split harness
+from leantrain.bench.common import (WHOLE, Difference, difference, run_interleaved, with_se)  # noqa: E402
+from leantrain.core import Trainer  # noqa: E402
+from leantrain import Recipe  # noqa: E402
+
+from .conftest import tiny  # noqa: E402
+
+
+def test_whole_split_figures_and_reaching_on_the_whole_split():
+    jobs = [Job("base", tiny(train={"max_steps": 12})), Job("short", tiny(train={"max_steps": 6}))]
+    runs = run_interleaved(jobs, [0], log=lambda m: None, baseline="base", target="final")
+    base, short = runs
+    # the final figure is the whole validation split, with its standard error, not the fixed batches
+    ref = Trainer(Recipe.from_dict(tiny(train={"max_steps": 12, "seed": 0})), None, verbose=False,
+                  progress=False)
+    ref.fit()
+    whole = ref.evaluate_split("val")
+    assert base.figures["final"]["loss"] == whole.loss and base.figures["final"]["n"] == whole.n > 100
+    assert base.figures["final"]["loss"] != base.summary["final_val_loss"]  # fixed batches differ
+    assert 0 < base.figures["final"]["loss_se"] < 0.05
+    rows = result_rows("t", runs, baseline="base")
+    row = {r["method"]: r for r in rows}
+    assert row["short"]["target_val_loss"] == whole.loss
+    # reached is judged on whole-split losses logged in the curve, never on the fixed batches
+    hits = [c for c in short.curve if WHOLE in c and c[WHOLE] <= whole.loss]
+    assert row["short"]["reached"] == bool(hits)
+    assert row["base"]["reached"] and row["base"]["steps_to_target"] == 12
+    assert row["base"]["final_val_loss_se"] > 0 and "best_step" in row["base"]
+
+
+def test_every_mode_scores_each_evaluation_on_the_whole_split():
+    runs = run_interleaved([Job("a", tiny())], [0], log=lambda m: None, mode="every")
+    assert all(WHOLE in c and WHOLE + "_se" in c for c in runs[0].curve)
+    best = min(runs[0].curve, key=lambda c: c[WHOLE])
+    assert runs[0].figures["best"]["loss"] == best[WHOLE] and runs[0].figures["best_step"] == best["step"]
+
+
+def test_differences_respect_both_noise_bands():
+    def rows(deltas, se):
+        out = []
+        for seed, d in enumerate(deltas):
+            out += [{"method": "b", "seed": seed, "x": 2.0, "x_se": se},
+                    {"method": "m", "seed": seed, "x": 2.0 + d, "x_se": se}]
+        return out
+    d = difference(rows([-0.05, -0.05, -0.05], 0.001), "m", "b", "x")
+    assert d.measurable and d.word() == "lower" and d.seed_std == 0
+    assert difference(rows([-0.05, -0.05, -0.05], 0.05), "m", "b", "x").word() == "no difference measurable here"
+    assert difference(rows([-0.05, 0.04, -0.06], 0.0), "m", "b", "x").word() == "no difference measurable here"
+    assert difference(rows([0.03, 0.03], 0.001), "m", "b", "x").word() == "higher"
+    assert Difference(-0.01, 0.001, None, 1).measurable  # one seed: the SE test alone
+    assert with_se([{"x": 1.0, "x_se": 0.01}, {"x": 3.0, "x_se": 0.01}], "x") == "2.0000 ± 1.4142 [SE 0.0100]"

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from leantrain import LeantrainError
-from leantrain.data import BUNDLED, BatchSampler, CharData, DataConfig, fixed_batches
+from leantrain.data import BUNDLED, BatchSampler, TextTask, TextConfig, fixed_batches
 
 
 def test_bundled_corpus_and_split():
-    d = CharData(DataConfig())
+    d = TextTask(TextConfig())
     assert d.path == BUNDLED
     n = len(d.train) + len(d.val)
     assert 1_000_000 <= n <= 1_200_000
@@ -15,7 +15,7 @@ def test_bundled_corpus_and_split():
 
 
 def test_sampling_is_seeded_and_resumable():
-    d = CharData(DataConfig())
+    d = TextTask(TextConfig())
     a, b = BatchSampler(d.train, 16, 4, seed=1), BatchSampler(d.train, 16, 4, seed=1)
     x1, y1 = a.next()
     assert torch.equal(x1, b.next()[0])
@@ -35,7 +35,7 @@ def test_ranks_sample_disjoint_shards():
 
 
 def test_validation_batches_are_fixed():
-    d = CharData(DataConfig())
+    d = TextTask(TextConfig())
     a = fixed_batches(d.val, 16, 4, 3, seed=7)
     b = fixed_batches(d.val, 16, 4, 3, seed=7)
     assert len(a) == 3 and all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
@@ -53,12 +53,12 @@ def test_bad_data_files(tmp_path, content, message):
     if content is not None:
         f.write_bytes(content)
     with pytest.raises(LeantrainError, match=message):
-        CharData(DataConfig(path=str(f)))
+        TextTask(TextConfig(path=str(f)))
 
 
 def test_block_size_longer_than_data(tmp_path):
     f = tmp_path / "short.txt"
     f.write_text("hello world, " * 20)
-    d = CharData(DataConfig(path=str(f)))
+    d = TextTask(TextConfig(path=str(f)))
     with pytest.raises(LeantrainError, match="block_size=64 is longer than the validation split"):
         d.check_block_size(64, 4)

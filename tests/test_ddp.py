@@ -12,7 +12,7 @@ import yaml
 
 from leantrain import Recipe
 from leantrain.core import checkpoint
-from leantrain.data import CharData, fixed_batches
+from leantrain.data import TextTask, fixed_batches
 from leantrain.models.gpt import GPT
 
 from .conftest import read_metrics, tiny
@@ -43,7 +43,7 @@ def test_cli_under_torchrun_aggregates_across_ranks(tmp_path):
     recipe = Recipe.from_dict(ckpt.meta["recipe"])
     model = GPT(recipe.model).eval()
     checkpoint.load_model_tensors(model, ckpt.model, ckpt.path)
-    data = CharData(recipe.data)
+    data = TextTask(recipe.data)
     batches = fixed_batches(data.val, 16, 4, recipe.train.eval_iters, recipe.data.val_seed)
     with torch.no_grad():
         ref = sum(model(x, y)[1].item() for x, y in batches) / len(batches)

@@ -10,7 +10,7 @@ from leantrain import ConfigError, Event, Method, Recipe, Trainer
 from leantrain.cli import main
 from leantrain.config import build
 from leantrain.core import checkpoint
-from leantrain.data import CharData, fixed_batches
+from leantrain.data import TextTask, fixed_batches
 from leantrain.measure import analytic_gpt_flops, count_step
 from leantrain.methods.progressive import (RaPTr, RaPTrConfig, Stacking, Stage, block_cost,
                                            depth_keep_probs, layer_drop_plan, pld_theta, sample_path,
@@ -140,7 +140,7 @@ def test_expected_flop_fraction_of_the_papers_schedules():
 def test_expected_flop_fraction_matches_a_measured_run(tmp_path, entry, fraction):
     s = fit(tiny(methods=[entry]), tmp_path / "method")
     full = fit(tiny(), tmp_path / "full")
-    vocab = CharData(Recipe.from_dict(tiny()).data).vocab_size
+    vocab = TextTask(Recipe.from_dict(tiny()).data).vocab_size
     head = 12 * analytic_gpt_flops(0, 32, 16, vocab, 4)
     measured = (s["train_flops"] - head) / (full["train_flops"] - head)
     name, cfg = Recipe.from_dict(tiny(methods=[entry])).methods[0]
@@ -172,7 +172,7 @@ def test_raptr_evaluates_the_full_model_and_clears_the_plan(tmp_path):
     recipe = Recipe.from_dict(ckpt.meta["recipe"])
     model = GPT(recipe.model).eval()
     checkpoint.load_model_tensors(model, ckpt.model, ckpt.path)
-    batches = fixed_batches(CharData(recipe.data).val, 16, 4, recipe.train.eval_iters, recipe.data.val_seed)
+    batches = fixed_batches(TextTask(recipe.data).val, 16, 4, recipe.train.eval_iters, recipe.data.val_seed)
     with torch.no_grad():
         full = sum(model(x, y)[1].item() for x, y in batches) / len(batches)
     assert s["final_val_loss"] == pytest.approx(full, abs=1e-6)
@@ -210,8 +210,13 @@ def test_width_dropped_heads_and_units_untouched_when_frozen(tmp_path, freeze):
             assert len(slices) == 4 * 6  # per block: q/k/v rows + bias, attn proj cols, fc rows + bias, mlp proj cols
             for p, dim, idx in slices:
                 # Independent reference: the left-out rows/columns are exactly those with zero gradient.
+                # (Key-bias rows are the exception: softmax is invariant to them, so their gradient is
+                # zero up to rounding and can be exactly zero for kept heads too.)
                 nonzero = (p.grad != 0).movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
-                assert torch.equal((nonzero == 0).nonzero().flatten(), idx)
+                zero = set((nonzero == 0).nonzero().flatten().tolist())
+                if p.dim() == 1 and p.numel() == 3 * 32:  # c_attn.bias: drop the key rows from the check
+                    zero -= set(range(32, 64)) - set(idx.tolist())
+                assert sorted(zero) == idx.tolist()
             probe.saved = [(t, dim, idx, t.index_select(dim, idx).clone()) for p, dim, idx in slices
                            for t in [p] + [v for v in opt.state.get(p, {}).values() if torch.is_tensor(v) and v.dim()]]
         elif event is Event.STEP_START and getattr(probe, "saved", None):  # after the previous step's update

@@ -15,6 +15,13 @@ picks the baseline: the lowest mean best validation loss over seeds. Its best va
 reaches it, as multiples of what the baseline needed to reach its own best. The schedules were
 set once, before running them (SCHEDULES): they start at 0.2, nanoGPT's and the paper's fixed
 rate for Shakespeare, and the decays have about the mean rate of the 0.1 fixed run.
+
+Every evaluation is on the whole validation split (the baseline is only known after all runs, so
+the whole-split curve is what "reached its best" is judged on; this small model makes that cheap).
+
+``--preset paper`` is the paper's own setting (nanoGPT's shakespeare_char recipe: 6 layers, 6 heads,
+384 dims, context 256, batch 64, dropout 0.2, 5000 iterations, lr 1e-3 → 1e-4, warm-up 100) on the
+full corpus, on a CUDA device in bf16.
 """
 from __future__ import annotations
 
@@ -24,8 +31,8 @@ from pathlib import Path
 import torch
 
 from . import register_bench
-from .common import (Job, mean_of, mean_std, plot_curves, result_rows, run_interleaved, seeds_for, stderr_log,
-                     write_outputs)
+from .common import (NOISE_RULE, WHOLE, Job, difference, mean_of, mean_std, plot_curves, result_rows,
+                     run_interleaved, seeds_for, stderr_log, with_se, write_outputs)
 
 TRAIN_CHARS = 20_000
 STEPS = 600
@@ -51,12 +58,28 @@ def base_recipe(steps: int, threads: int) -> dict:
                       "eval_train": True, "log_interval": steps // EVALS, "threads": threads}}
 
 
+PAPER_STEPS = 5000
+
+
+def paper_recipe(steps: int = PAPER_STEPS, override: dict | None = None) -> dict:
+    """nanoGPT's shakespeare_char recipe, the paper's setting, on CUDA in bf16 (``override``: merged
+    into the sections, for the CPU test that keeps the preset from rotting)."""
+    r = {"data": {},
+         "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.0},
+         "train": {"max_steps": steps, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
+                   "beta2": 0.99, "eval_interval": 250, "eval_iters": 200, "eval_train": True,
+                   "log_interval": 50, "device": "cuda", "amp": True}}
+    for section, values in (override or {}).items():
+        r[section] = {**r[section], **values}
+    return r
+
+
 def fixed(p: float) -> str:
     return f"fixed {p}"
 
 
-def jobs(steps: int, threads: int) -> list[Job]:
-    base = base_recipe(steps, threads)
+def jobs(steps: int, threads: int, base: dict | None = None) -> list[Job]:
+    base = base or base_recipe(steps, threads)
     constant = [Job(fixed(p), {**base, "model": {**base["model"], "dropout": p}},
                  note=f"constant rate {p} (model.dropout)") for p in FIXED_RATES]
     scheduled = [Job(name, {**base, "methods": [{"name": "dynamic_dropout", **opts}]},
@@ -82,8 +105,11 @@ def regime_check(rows: list[dict], baseline: str) -> list[str]:
     none, best = mean_of(rows, fixed(0.0), "best_val_loss"), mean_of(rows, baseline, "best_val_loss")
     gap = mean_of(rows, baseline, "gap")
     rise = mean_of(rows, baseline, "final_val_loss") - best
-    matters = (f"Dropout matters here: `{baseline}` ends with a best val loss {none - best:.4f} below no dropout."
-               if baseline != fixed(0.0) else
+    d = difference(rows, baseline, fixed(0.0), "best_val_loss") if baseline != fixed(0.0) else None
+    matters = (f"Dropout matters here: `{baseline}` ends with a best val loss {none - best:.4f} below no dropout "
+               f"({d.word('measurably', 'higher?')}, {d})." if d is not None and d.measurable else
+               f"`{baseline}` ends with a best val loss {none - best:.4f} below no dropout, but {d}: **not a "
+               "measurable difference here** — dropout barely matters in this run." if d is not None else
                "**No dropout was the best fixed rate: in this run dropout does not pay off** (the regime is "
                "not one where dropout matters, e.g. a run too short to overfit).")
     overfits = "overfits" if gap >= 0.1 else "does not clearly overfit"
@@ -92,22 +118,23 @@ def regime_check(rows: list[dict], baseline: str) -> list[str]:
 
 
 def verdict(rows: list[dict], baseline: str) -> list[str]:
-    base_best = mean_of(rows, baseline, "best_val_loss")
     lines, winners = [], []
     for m in SCHEDULES:
         rs = [r for r in rows if r["method"] == m]
-        gain = base_best - mean_of(rows, m, "best_val_loss")
+        d = difference(rows, m, baseline, "best_val_loss")
+        gain = -d.delta
         ratios = [r["steps_to_target_ratio"] for r in rs]
         speed = statistics.mean(ratios) if None not in ratios else None
-        ok = gain >= GOAL_LOSS and speed is not None and speed <= GOAL_STEPS
+        ok = gain >= GOAL_LOSS and d.measurable and speed is not None and speed <= GOAL_STEPS
         winners += [m] if ok else []
         reach = (f"reaches the target in {speed:.2f}× the baseline's steps" if speed is not None else
                  f"does not reach the target in {ratios.count(None)}/{len(ratios)} seed(s)")
         better = "lower" if gain > 0 else "higher"
-        lines.append(f"- **{m}**: best val loss {abs(gain):.4f} {better} than `{baseline}`; {reach} — "
+        lines.append(f"- **{m}**: best val loss {abs(gain):.4f} {better} than `{baseline}` — "
+                     f"{d.word('lower', 'higher')}, {d}; {reach} — "
                      f"{'meets the goal' if ok else 'does not meet the goal'}.")
     goal = (f"(target reached in ≤ {GOAL_STEPS}× the baseline's steps *and* best val loss ≥ {GOAL_LOSS} "
-            "lower, mean over seeds)")
+            "lower, measurably, mean over seeds)")
     head = (f"**Goal {goal} met by: {', '.join(winners)}.**" if winners else
             f"**No schedule meets the goal** {goal}.")
     return regime_check(rows, baseline) + ["", head, ""] + lines
@@ -120,24 +147,26 @@ def sweep_table(rows: list[dict], baseline: str) -> list[str]:
         rs = [r for r in rows if r["method"] == fixed(p)]
         at = [min(r["curve"], key=lambda c: c["val_loss"])["step"] for r in rs]
         lines.append(f"| {p}{' (baseline)' if fixed(p) == baseline else ''} | "
-                     f"{mean_std([r['best_val_loss'] for r in rs])} | {mean_std([r['final_val_loss'] for r in rs])} | "
+                     f"{with_se(rs, 'best_val_loss')} | {with_se(rs, 'final_val_loss')} | "
                      f"{mean_std([r['gap'] for r in rs], '.3f')} | {mean_std(at, '.0f')} |")
     return lines
 
 
 def method_table(rows: list[dict], baseline: str) -> list[str]:
-    lines = ["| method | best val loss | Δ vs baseline | final val loss | final gap | reached | steps to target "
-             "(× base) | FLOPs to target (× base) | s to target (× base) | train s (× base) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | best val loss | Δ vs baseline | difference | final val loss | final gap | reached | "
+             "steps to target (× base) | FLOPs to target (× base) | s to target (× base) | train s (× base) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {r["seed"]: r for r in rows if r["method"] == baseline}
     for m in [baseline] + list(SCHEDULES):
         rs = [r for r in rows if r["method"] == m]
         delta = [r["best_val_loss"] - base[r["seed"]]["best_val_loss"] for r in rs]
+        d = difference(rows, m, baseline, "best_val_loss")
         wall = [r["wall_seconds"] / base[r["seed"]]["wall_seconds"] for r in rs]
         to_target = " | ".join(mean_std([r[f"{k}_to_target_ratio"] for r in rs], ".2f")
                                for k in ("steps", "flops", "seconds"))
-        lines.append(f"| {m} | {mean_std([r['best_val_loss'] for r in rs])} | {mean_std(delta, '+.4f')} | "
-                     f"{mean_std([r['final_val_loss'] for r in rs])} | {mean_std([r['gap'] for r in rs], '.3f')} | "
+        judged = "–" if m == baseline else d.word()
+        lines.append(f"| {m} | {with_se(rs, 'best_val_loss')} | {mean_std(delta, '+.4f')} | {judged} | "
+                     f"{with_se(rs, 'final_val_loss')} | {mean_std([r['gap'] for r in rs], '.3f')} | "
                      f"{sum(r['reached'] for r in rs)}/{len(rs)} | {to_target} | {mean_std(wall, '.2f')} |")
     return lines
 
@@ -155,21 +184,26 @@ NOTES = [
 
 
 def report(rows: list[dict], baseline: str, args, seeds: list[int], steps: int) -> str:
-    m, t = rows[0]["config"]["model"], rows[0]["config"]["train"]
+    m, t, d = rows[0]["config"]["model"], rows[0]["config"]["train"], rows[0]["config"]["data"]
+    preset = f" --preset {args.preset}" if args.preset != "cpu" else ""
     lines = ["# leantrain bench dropout", "",
-             f"Command: `leantrain bench dropout{' --quick' if args.quick else ''} --seeds {len(seeds)} "
-             f"--threads {args.threads}`; {len(seeds)} seed(s), {steps} steps per run.", ""]
+             f"Command: `leantrain bench dropout{preset}{' --quick' if args.quick else ''} --seeds {len(seeds)} "
+             f"--threads {args.threads}`; {len(seeds)} seed(s), {steps} steps per run"
+             + (f", on {t['device']}{' (bf16 autocast)' if t['amp'] else ''}" if t["device"] != "cpu" else "")
+             + ".", ""]
     if args.quick:
         lines += ["**--quick: 1 seed, half-length runs — a smoke test, not a result. Do not quote.**", ""]
+    chars = f"the first {d['train_chars']:,} training characters" if d.get("train_chars") else "the full training split"
     lines += [f"Regime: {m['n_layer']} layers × {m['n_embd']} wide, context {m['block_size']}, batch "
-              f"{t['batch_size']}, lr {t['lr']:g} → {t['min_lr']:g}, on the first {TRAIN_CHARS:,} training "
-              f"characters (validation: {t['eval_iters']} fixed batches from the held-out split), evaluated "
-              f"every {t['eval_interval']} steps; the gap is against `train_eval_loss` on fixed training "
-              "batches. Why this regime: see `leantrain/bench/dropout.py`.", "",
+              f"{t['batch_size']}, lr {t['lr']:g} → {t['min_lr']:g}, on {chars}, evaluated every "
+              f"{t['eval_interval']} steps on the **whole validation split** (every non-overlapping window; "
+              "every loss below is whole-split and reads mean ± seed std [evaluation SE]); the gap is "
+              f"against `train_eval_loss` on {t['eval_iters']} fixed training batches. Why this regime: see "
+              "`leantrain/bench/dropout.py`.", "",
               "## Fixed-rate sweep", ""] + sweep_table(rows, baseline)
     lines += ["", f"Baseline: **{baseline}** (lowest mean best validation loss). Target per seed: its best "
               "validation loss. Costs to target are multiples of what the baseline needed to reach its "
-              "own best (same seed).", ""] + method_table(rows, baseline)
+              "own best (same seed). " + NOISE_RULE, ""] + method_table(rows, baseline)
     lines += ["", "Schedules (set before running, not tuned on these seeds):", ""]
     lines += [f"- {m}: {', '.join(f'{k}={v}' for k, v in opts.items())}" for m, opts in SCHEDULES.items()]
     lines += ["", "## Verdict", ""] + verdict(rows, baseline) + ["", "## Notes", ""] + NOTES
@@ -202,6 +236,10 @@ def plot_rates(path: Path, rows: list[dict], baseline: str) -> None:
 def _add_args(p) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads for every run (1: robust to a second process on 2 cores)")
+    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                   help="cpu: the calibrated overfitting regime below (default); paper: the paper's own "
+                   "setting, nanoGPT's shakespeare_char recipe (6×384, context 256, batch 64, 5000 steps) on "
+                   "a CUDA device in bf16")
 
 
 @register_bench("dropout", "dynamic dropout schedules vs the best fixed dropout rate, in an overfitting "
@@ -209,23 +247,34 @@ def _add_args(p) -> None:
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     seeds = seeds_for(args)
-    steps = STEPS // 2 if args.quick else STEPS
+    paper = args.preset == "paper"
+    if paper and not torch.cuda.is_available():
+        from ..errors import LeantrainError
+        raise LeantrainError("--preset paper runs on a CUDA device (bf16); none is available here")
+    full = PAPER_STEPS if paper else STEPS
+    steps = full // 2 if args.quick else full
+    return run_suite(args, paper_recipe(steps) if paper else None, steps)
+
+
+def run_suite(args, base: dict | None, steps: int) -> int:
+    """The sweep and the schedules on ``base`` (None: the CPU regime), report and plots in args.out."""
+    seeds = seeds_for(args)
     stderr_log(f"dropout: {len(FIXED_RATES)} fixed rates + {len(SCHEDULES)} schedules × {len(seeds)} seed(s), "
                f"{steps} steps each" + (" [--quick: smoke test, not for quoting]" if args.quick else ""))
-    runs = run_interleaved(jobs(steps, args.threads), seeds, log=stderr_log)
+    runs = run_interleaved(jobs(steps, args.threads, base), seeds, log=stderr_log, mode="every")
     baseline = min((fixed(p) for p in FIXED_RATES),
-                   key=lambda m: statistics.mean(r.summary["best_val_loss"] for r in runs if r.job.method == m))
+                   key=lambda m: statistics.mean(r.figures["best"]["loss"] for r in runs if r.job.method == m))
     rows = result_rows("dropout", runs, baseline, target_key="best_val_loss")
     add_dropout_figures(rows, baseline)
     text = report(rows, baseline, args, seeds, steps)
     write_outputs(args.out, rows, text)
     label = "target (baseline best)"
     shown = [r for r in rows if r["method"] == baseline or r["method"] in SCHEDULES]
-    plot_curves(args.out / "val_vs_step.png", shown, "step", "step", "Validation loss", target_label=label)
+    plot_curves(args.out / "val_vs_step.png", shown, "step", "step", "Validation loss", target_label=label, y=WHOLE)
     plot_curves(args.out / "val_vs_flops.png", shown, "flops", "training FLOPs", "Validation loss vs FLOPs",
-                target_label=label)
+                target_label=label, y=WHOLE)
     plot_curves(args.out / "val_vs_seconds.png", shown, "seconds", "training seconds",
-                "Validation loss vs time", target_label=label)
+                "Validation loss vs time", target_label=label, y=WHOLE)
     plot_rates(args.out / "dropout_rate.png", rows, baseline)
     print(text)
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..core import Trainer
-from ..data import BatchSampler, CharData, split_windows
+from ..data import BatchSampler, TextTask
 from ..recipe import Recipe
 from . import register_bench
 from .common import mean_std, seeds_for, stderr_log, write_outputs
@@ -28,7 +28,7 @@ from .common import mean_std, seeds_for, stderr_log, write_outputs
 # --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`, torch 2.13.0 CPU,
 # 2 cores, 2026-11-22 (seed 1337, its only one). Its eval draws 20 random validation batches; the
 # whole-split figure is its final ckpt.pt evaluated with its own model.py on every non-overlapping
-# 64-character window of the validation split (the same windows as split_loss below).
+# 64-character window of the validation split (the same windows as Trainer.evaluate_split("val")).
 NANOGPT_REFERENCE = {"val_loss": 1.9916, "full_val_split_loss": 1.9696, "ms_per_step": 31.66, "steps": 2000}
 
 
@@ -36,7 +36,7 @@ def plain_loop(recipe: Recipe, steps: int, seed: int) -> tuple[list[float], floa
     """A minimal nanoGPT-style loop over leantrain's model and batches: (losses, seconds)."""
     from ..models.gpt import GPT
     t, cfg = recipe.train, recipe.model
-    data = CharData(recipe.data)
+    data = TextTask(recipe.data)
     cfg.vocab_size = cfg.vocab_size or data.vocab_size
     torch.manual_seed(seed)
     model = GPT(cfg)
@@ -67,17 +67,6 @@ def plain_loop(recipe: Recipe, steps: int, seed: int) -> tuple[list[float], floa
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return losses, time.perf_counter() - t0
-
-
-@torch.no_grad()
-def split_loss(model: torch.nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
-    """Mean loss over every non-overlapping window of a split: a low-noise quality figure."""
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in split_windows(tokens, block_size, batch_size):
-        total += model(x, y)[1].item() * len(x)
-        count += len(x)
-    return total / count
 
 
 def leantrain_round(recipe: Recipe, steps: int, seed: int) -> tuple[float, dict]:
@@ -121,9 +110,10 @@ def run(args) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = Trainer(r, tmp, verbose=False, progress=False)
                 s = trainer.fit()
-            full = split_loss(trainer.state.model, trainer.data.val, r.model.block_size)
-            windows = (len(trainer.data.val) - 1) // r.model.block_size
+            whole = trainer.evaluate_split("val")  # every non-overlapping window: a low-noise figure
+            full, windows = whole.loss, whole.n
             parity.append({"seed": seed, "final_val_loss": s["final_val_loss"], "full_val_split_loss": full,
+                           "full_val_split_loss_se": whole.loss_se,
                            "ms_per_step": 1000 * s["wall_seconds"] / s["steps"]})
             stderr_log(f"  parity seed {seed}: val {s['final_val_loss']:.4f} (whole split {full:.4f}), "
                        f"{parity[-1]['ms_per_step']:.1f} ms/step")

@@ -30,6 +30,8 @@ class State:
     val_error: float | None = None
     """Classification: top-1 validation error (%) of the last evaluation."""
     best_val_error: float | None = None
+    val_result: "EvalResult | None" = None
+    """The last evaluation in full (loss, its standard error, samples, error)."""
     rank: int = 0
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,6 @@ from .method import Method
 from .state import State
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
-EVAL_BATCH = 256  # samples per batch when a whole split is evaluated (results do not depend on it)
 
 
 def lr_at(step: int, t) -> float:
@@ -160,7 +159,7 @@ class Trainer:
         """The batches an evaluation of ``split`` runs: text's fixed batches, or a whole split."""
         t = self.recipe.train
         fixed = self.data.has_fixed_eval() and not whole
-        return self.data.eval_batches(split, t.batch_size if fixed else EVAL_BATCH, self.recipe.model,
+        return self.data.eval_batches(split, t.batch_size if fixed else self.data.eval_batch_size, self.recipe.model,
                                       whole=not fixed, n_batches=t.eval_iters)
 
     def _check_compatible(self, ckpt: checkpoint.Checkpoint) -> None:
@@ -411,7 +410,7 @@ class Trainer:
         if self.train_eval_batches:
             row["train_eval_loss"] = evaluate(s.model, self.data, self.train_eval_batches, self.device).loss
         s.model.train()
-        s.val_loss, s.val_error = val.loss, val.error
+        s.val_loss, s.val_error, s.val_result = val.loss, val.error, val
         s.best_val_loss = s.val_loss if s.best_val_loss is None else min(s.best_val_loss, s.val_loss)
         if val.error is not None:
             s.best_val_error = val.error if s.best_val_error is None else min(s.best_val_error, val.error)

@@ -57,6 +57,8 @@ class Task:
     """What throughput counts: ``tokens`` (per sequence: the model's context) or ``samples``."""
     splits: ClassVar[tuple[str, ...]] = ("train", "val")
     """Splits this data has (``test`` only where one is held out)."""
+    eval_batch_size: ClassVar[int] = 256
+    """Samples per batch when a whole split is evaluated (results do not depend on it; speed does)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -108,9 +110,9 @@ def load_kinds() -> None:
         importlib.import_module(f"{__name__}.{mod.name}")
 
 
-from .text import BUNDLED, BatchSampler, CharData, DataConfig, TextConfig, TextTask, fixed_batches, split_windows  # noqa: E402
+from .text import BUNDLED, BatchSampler, TextConfig, TextTask, fixed_batches, split_windows  # noqa: E402
 
 load_kinds()
 
-__all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "CharData", "DataConfig",
-           "TextConfig", "TextTask", "fixed_batches", "split_windows"]
+__all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig", "TextTask",
+           "fixed_batches", "split_windows"]

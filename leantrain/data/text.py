@@ -39,9 +39,6 @@ class TextConfig:
         check(self.train_chars is None or self.train_chars > 0, "train_chars", "must be positive")
 
 
-DataConfig = TextConfig  # the name before data kinds existed
-
-
 def read_text(path: Path) -> str:
     if not path.exists():
         raise LeantrainError(f"data file not found: {path}")
@@ -65,6 +62,7 @@ class TextTask(Task):
     Config = TextConfig
     task = "lm"
     unit = "tokens"
+    eval_batch_size = 64  # windows per batch of a whole-split pass (faster on CPU than larger ones)
 
     def __init__(self, cfg: TextConfig):
         super().__init__(cfg)
@@ -133,9 +131,6 @@ class TextTask(Task):
             return list(split_windows(data, model_cfg.block_size, batch_size))
         seed = self.cfg.val_seed + (1 if split == "train" else 0)
         return fixed_batches(data, model_cfg.block_size, batch_size, n_batches, seed)
-
-
-CharData = TextTask  # the name before data kinds existed
 
 
 def windows(data: torch.Tensor, starts: torch.Tensor, block_size: int):
