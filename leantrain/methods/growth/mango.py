@@ -1,0 +1,152 @@
+"""Mango (Pan et al., NeurIPS 2023): every target weight a linear function of all source weights,
+through a tensor-ring matrix-product operator (TR-MPO) with four small cores.
+
+A layer's weights are viewed as B = 12 blocks of D×D [ours — the paper concatenates W_Q, W_K, W_V,
+W_O, W_IN, W_OUT but gives no split]: Q, K, V, O, then W_IN (c_fc, 4D×D) as four row blocks and
+W_OUT (mlp.c_proj, D×4D) as four column blocks. Entry M[b, i, o, l] is block b's weight from input
+i to output o in layer l. With ring rank R and cores S_B ∈ ℝ^{R×B×B×R}, S_I, S_O ∈ ℝ^{R×D₁×D₂×R},
+S_L ∈ ℝ^{R×L₁×L₂×R}, the operator is
+
+    M₂[b₂,i₂,o₂,l₂] = Σ M₁[b₁,i₁,o₁,l₁] · Tr(S_B[:,b₁,b₂,:] S_I[:,i₁,i₂,:] S_O[:,o₁,o₂,:] S_L[:,l₁,l₂,:]),
+
+computed core by core (:func:`tr_mpo`); the full operator is never built. R = 1 reduces to four
+mode products. Parameters outside M [ours]: embeddings, LayerNorms and biases grow with one
+trainable residual width map P ∈ ℝ^{D₁×D₂} and (per-layer vectors) a depth map Q ∈ ℝ^{L₁×L₂}; the
+final LayerNorm also gets a trainable per-dimension scale s ∈ ℝ^{D₂} (the tied head's compensation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ...errors import ConfigError
+from ...models.gpt import GPT, GPTConfig
+from .layout import (GrowthOperator, Tensors, WidthMaps, chunked, check_growth, head_channels, head_size,
+                     selection, source_tensors, unit_map)
+
+BLOCKS = ("q", "k", "v", "o", "in0", "in1", "in2", "in3", "out0", "out1", "out2", "out3")
+
+
+def to_blocks(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
+    """The layers' weight matrices as M ∈ ℝ^{B×D×D×L}, M[b, i, o, l] = W_b[o, i] in layer l."""
+    d, layers = cfg.n_embd, []
+    for l in range(cfg.n_layer):
+        p = f"blocks.{l}."
+        mats = [*tensors[p + "attn.c_attn.weight"].split(d), tensors[p + "attn.c_proj.weight"],
+                *tensors[p + "mlp.c_fc.weight"].split(d), *tensors[p + "mlp.c_proj.weight"].split(d, dim=1)]
+        layers.append(torch.stack([w.T for w in mats]))
+    return torch.stack(layers, dim=-1)
+
+
+def from_blocks(m: torch.Tensor, l: int) -> Tensors:
+    """Layer ``l``'s weight matrices (names inside a block) from M ∈ ℝ^{B×D×D×L}."""
+    w = [m[b, :, :, l].T for b in range(len(BLOCKS))]
+    return {"attn.c_attn.weight": torch.cat(w[0:3]), "attn.c_proj.weight": w[3],
+            "mlp.c_fc.weight": torch.cat(w[4:8]), "mlp.c_proj.weight": torch.cat(w[8:12], dim=1)}
+
+
+def tr_mpo(m1: torch.Tensor, s_b: torch.Tensor, s_i: torch.Tensor, s_o: torch.Tensor,
+           s_l: torch.Tensor) -> torch.Tensor:
+    """M₂ = TR-MPO(M₁): contract one core at a time, close the ring with a trace (bond a)."""
+    t = torch.einsum("BIOL,aBbc->aIOLbc", m1, s_b)
+    t = torch.einsum("aIOLbc,cIid->aOLbid", t, s_i)
+    t = torch.einsum("aOLbid,dOoe->aLbioe", t, s_o)
+    return torch.einsum("aLbioe,eLla->biol", t, s_l)
+
+
+def vector_names(cfg: GPTConfig) -> list[str]:
+    """A block's D-vectors outside M (LayerNorms, biases; c_attn and c_fc biases in D-chunks)."""
+    names = ["ln_1.weight", "ln_2.weight"]
+    if cfg.bias:
+        names += ["ln_1.bias", "ln_2.bias", *(f"attn.c_attn.bias.{k}" for k in range(3)), "attn.c_proj.bias",
+                  *(f"mlp.c_fc.bias.{k}" for k in range(4)), "mlp.c_proj.bias"]
+    return names
+
+
+def _vectors(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
+    """V ∈ ℝ^{K×D×L}: the vectors of :func:`vector_names` for every layer."""
+    d, layers = cfg.n_embd, []
+    for l in range(cfg.n_layer):
+        p = f"blocks.{l}."
+        vecs = [tensors[p + "ln_1.weight"], tensors[p + "ln_2.weight"]]
+        if cfg.bias:
+            vecs += [tensors[p + "ln_1.bias"], tensors[p + "ln_2.bias"], *tensors[p + "attn.c_attn.bias"].split(d),
+                     tensors[p + "attn.c_proj.bias"], *tensors[p + "mlp.c_fc.bias"].split(d),
+                     tensors[p + "mlp.c_proj.bias"]]
+        layers.append(torch.stack(vecs))
+    return torch.stack(layers, dim=-1)
+
+
+def _unvector(v: torch.Tensor, l: int, cfg: GPTConfig) -> Tensors:
+    vecs = dict(zip(vector_names(cfg), v[:, :, l]))
+    out = {"ln_1.weight": vecs["ln_1.weight"], "ln_2.weight": vecs["ln_2.weight"]}
+    if cfg.bias:
+        out |= {"ln_1.bias": vecs["ln_1.bias"], "ln_2.bias": vecs["ln_2.bias"],
+                "attn.c_attn.bias": torch.cat([vecs[f"attn.c_attn.bias.{k}"] for k in range(3)]),
+                "attn.c_proj.bias": vecs["attn.c_proj.bias"],
+                "mlp.c_fc.bias": torch.cat([vecs[f"mlp.c_fc.bias.{k}"] for k in range(4)]),
+                "mlp.c_proj.bias": vecs["mlp.c_proj.bias"]}
+    return out
+
+
+def mango_maps(src: GPTConfig, tgt: GPTConfig, g: torch.Tensor) -> WidthMaps:
+    """The copy maps Mango's init reproduces: one head-whole map g for the residual stream and every
+    block's attention channels, chunked over the MLP's four D-blocks (see :func:`fpi`)."""
+    hidden = chunked(g, src.n_embd, 4)
+    return WidthMaps(g, [g] * src.n_layer, [g] * src.n_layer, [g] * src.n_layer, [hidden] * src.n_layer)
+
+
+class MangoOperator(GrowthOperator):
+    """Mango's TR-MPO growth operator from a trained ``source`` GPT to the ``target`` config.
+
+    Init [ours]: step 0 reproduces FPI width growth with one head-whole map g (S_I = the divided
+    selection matrix, S_O = the selection matrix, S_B = identity) and StackBERT depth (S_L one-hot at
+    l₂ mod L₁), split evenly over the R diagonal bond channels (each core × R^(-1/4), so the R ring
+    terms sum to the copy); every core entry then gets N(0, noise²) — without it the off-diagonal
+    bond entries would get no gradient. Requires the source's head size (g copies whole heads).
+    """
+
+    def __init__(self, source: GPT, target: GPTConfig, rank: int = 1, noise: float = 1e-3,
+                 mapping: str = "random", generator: torch.Generator | None = None):
+        src = source.config
+        super().__init__(src, target)
+        check_growth(src, target, "mango")
+        if rank < 1:
+            raise ConfigError(f"rank: must be ≥ 1, got {rank}")
+        self.rank = rank
+        tensors = source_tensors(source)
+        d1, l1, l2 = src.n_embd, src.n_layer, target.n_layer
+        self.g = head_channels(unit_map(src.n_head, target.n_head, mapping, generator), head_size(src))
+        copy_in, copy_out = selection(self.g, d1, divide=True), selection(self.g, d1)
+        depth = selection(torch.arange(l2) % l1, l1)
+
+        def core(base: torch.Tensor) -> nn.Parameter:
+            c = torch.zeros(rank, *base.shape, rank)
+            for a in range(rank):
+                c[a, :, :, a] = base * rank ** -0.25
+            return nn.Parameter(c + noise * torch.randn(c.shape, generator=generator))
+
+        self.s_b = core(torch.eye(len(BLOCKS)))
+        self.s_i, self.s_o, self.s_l = core(copy_in), core(copy_out), core(depth)
+        self.width = nn.Parameter(copy_out.clone())   # P: embeddings, LayerNorms, biases
+        self.depth = nn.Parameter(depth.clone())      # Q: per-layer vectors
+        self.head_scale = nn.Parameter(1.0 / torch.bincount(self.g)[self.g].float())  # s: final LayerNorm
+        ref = tensors["wte.weight"]
+        self.register_buffer("m1", to_blocks(tensors, src), persistent=False)
+        self.register_buffer("v1", _vectors(tensors, src), persistent=False)
+        for key in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+            if key in tensors:
+                self.register_buffer("src_" + key.replace(".", "_"), tensors[key], persistent=False)
+        self.to(device=ref.device, dtype=ref.dtype)
+
+    def forward(self) -> Tensors:
+        m2 = tr_mpo(self.m1, self.s_b, self.s_i, self.s_o, self.s_l)
+        v2 = torch.einsum("kdl,de,lm->kem", self.v1, self.width, self.depth)
+        out = {"wte.weight": self.src_wte_weight @ self.width, "wpe.weight": self.src_wpe_weight @ self.width,
+               "ln_f.weight": (self.src_ln_f_weight @ self.width) * self.head_scale}
+        if self.target.bias:
+            out["ln_f.bias"] = (self.src_ln_f_bias @ self.width) * self.head_scale
+        for l in range(self.target.n_layer):
+            block = from_blocks(m2, l) | _unvector(v2, l, self.target)
+            out.update({f"blocks.{l}.{k}": v for k, v in block.items()})
+        return out
