@@ -86,8 +86,7 @@ def soft_distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, t
 
 class LearngeneDistillation(nn.Module):
     """An auxiliary model with its distillation projections: the module one distillation run trains
-    (so the projections are in its optimizer and its checkpoints). ``forward`` is the student's own
-    (logits, CE loss), for evaluation; :meth:`distill_loss` is the training loss given the teacher."""
+    (so the projections are in its optimizer and its checkpoints)."""
 
     def __init__(self, student: GPT, teacher_width: int, teacher_blocks: int, points: int = 3,
                  alpha: float = 0.1, temperature: float = 1.0):
@@ -101,13 +100,15 @@ class LearngeneDistillation(nn.Module):
         c_s = student.config.n_embd
         self.hidden_proj = nn.ModuleList(nn.Linear(teacher_width, c_s) for _ in self.pairs)
         self.attn_proj = nn.ModuleList(nn.Linear(teacher_width, c_s) for _ in self.pairs)
+        self.parts: dict[str, torch.Tensor] = {}  # the last distillation loss's terms, for logging
 
-    def forward(self, idx, targets=None):
-        return self.student(idx, targets)
-
-    def distill_loss(self, idx: torch.Tensor, targets: torch.Tensor,
-                     teacher: GPT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, its parts detached, for logging). The teacher runs in eval mode without a graph."""
+    def forward(self, idx, targets=None, teacher: GPT | None = None):
+        """(logits, loss). Without ``teacher``: the student's own cross-entropy (evaluation). With
+        it: the distillation loss, its terms in ``self.parts``; the teacher runs in eval mode without
+        a graph. Under DDP call it through the wrapper: the projections must run inside the wrapped
+        forward for their gradients to be reduced."""
+        if teacher is None:
+            return self.student(idx, targets)
         s_blocks, t_blocks = zip(*self.pairs)
         was_training = teacher.training
         teacher.eval()
@@ -124,8 +125,9 @@ class LearngeneDistillation(nn.Module):
         attn = sum(F.mse_loss(s_feat["attn"][i], p(t_feat["attn"][j]))
                    for (i, j), p in zip(self.pairs, self.attn_proj))
         loss = self.alpha * ce + (1 - self.alpha) * (soft + hidden + attn)
-        parts = {"ce": ce, "soft_ce": soft, "hidden_mse": hidden, "attn_mse": attn}
-        return loss, {k: v.detach() for k, v in parts.items()}
+        self.parts = {k: v.detach() for k, v in
+                      {"ce": ce, "soft_ce": soft, "hidden_mse": hidden, "attn_mse": attn}.items()}
+        return logits, loss
 
     def stitch_projections(self) -> list[torch.Tensor]:
         """The hidden-state projection weights (C_student × D_teacher) for the learned stitch init."""
