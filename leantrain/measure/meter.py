@@ -62,6 +62,20 @@ def count_step(fn: Callable[[], object], params) -> tuple[int, int, object]:
     return flop_counter.get_total_flops(), saved.bytes, out
 
 
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Matmul FLOPs of one inference forward ``model(x)``: eval mode, no autograd graph (e.g. the
+    deployment cost of one configuration of a model family)."""
+    flop_counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), flop_counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return flop_counter.get_total_flops()
+
+
 class StepMeter:
     """Per-run totals: measured FLOPs (cached per step shape) and peak saved-for-backward bytes."""
 

@@ -1,4 +1,5 @@
 """Model families, one readable file each. Importing registers them."""
 from .gpt import GPT, BlockPlan, GPTConfig
+from .stitched import StitchedGPT, StitchedGPTConfig
 
-__all__ = ["GPT", "GPTConfig", "BlockPlan"]
+__all__ = ["GPT", "GPTConfig", "BlockPlan", "StitchedGPT", "StitchedGPTConfig"]
