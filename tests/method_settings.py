@@ -1,7 +1,9 @@
 """The canonical table: every registered method with small settings that train on the tiny recipe.
 
 tests/test_all_methods.py trains each for a few steps, checkpoints, resumes and compares with an
-uninterrupted run. Add one entry per registered method: name -> recipe `methods:` options.
+uninterrupted run. Add one entry per registered method: name -> recipe `methods:` options, or a
+function ``(tmp_path) -> options`` for a method that needs something made first (e.g. a trained
+source run to grow from); ``options_for`` resolves either.
 """
 SETTINGS: dict[str, dict] = {
     # progressive/: 4 blocks, 12 steps; every stage boundary and the stacking growth (steps 4, 8)
@@ -16,3 +18,9 @@ SETTINGS: dict[str, dict] = {
     "dynamic_dropout": {"schedule": "validation", "delta": 0.05, "depth_profile": "linear",
                         "sites": {"attention": {"schedule": "cosine", "p0": 0.2}}},
 }
+
+
+def options_for(name: str, tmp_path) -> dict:
+    """The options of ``name`` (made in ``tmp_path`` if the entry is a function)."""
+    entry = SETTINGS[name]
+    return entry(tmp_path) if callable(entry) else dict(entry)

@@ -5,7 +5,7 @@ from leantrain import Recipe, Trainer
 from leantrain.registry import list_methods
 
 from .conftest import read_metrics, tiny
-from .method_settings import SETTINGS
+from .method_settings import SETTINGS, options_for
 
 NAMES = [m.name for m in list_methods()]
 
@@ -16,9 +16,11 @@ def test_every_registered_method_has_settings():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_method_trains_and_resumes_exactly(name, tmp_path):
+    options = options_for(name, tmp_path)
+
     def recipe():
         return Recipe.from_dict(tiny(model={"dropout": 0.1}, train={"log_interval": 1},
-                                     methods=[{"name": name, **SETTINGS[name]}]))
+                                     methods=[{"name": name, **options}]))
     full = Trainer(recipe(), tmp_path / "full", verbose=False, progress=False).fit()
     Trainer(recipe(), tmp_path / "part", verbose=False, progress=False).fit(until=5)
     resumed = Trainer(recipe(), tmp_path / "part", resume=tmp_path / "part", verbose=False,
