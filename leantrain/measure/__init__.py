@@ -8,6 +8,6 @@
   ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage, parameters excluded.
   Measured on the same steps as FLOPs (the first step of each shape), since it is a per-shape fact.
 """
-from .meter import StepMeter, analytic_gpt_flops, count_step, saved_tensor_bytes
+from .meter import StepMeter, analytic_gpt_flops, analytic_resnet_flops, count_step, saved_tensor_bytes
 
-__all__ = ["StepMeter", "count_step", "saved_tensor_bytes", "analytic_gpt_flops"]
+__all__ = ["StepMeter", "count_step", "saved_tensor_bytes", "analytic_gpt_flops", "analytic_resnet_flops"]

@@ -1,4 +1,5 @@
 """Model families, one readable file each. Importing registers them."""
 from .gpt import GPT, BlockPlan, GPTConfig
+from .resnet import ResNet, ResNetConfig
 
-__all__ = ["GPT", "GPTConfig", "BlockPlan"]
+__all__ = ["GPT", "GPTConfig", "BlockPlan", "ResNet", "ResNetConfig"]
