@@ -57,7 +57,7 @@ def _corrupt(run_dir):
     (["--set", "data.path=/no/such/file.txt"], "data file not found: /no/such/file.txt"),
     (["--set", "data.path={empty}"], "data file is empty"),
     (["--set", "data.path={binary}"], "looks binary"),
-    (["--set", "model.name=resnet"], "unknown model 'resnet'"),
+    (["--set", "model.name=resnet50"], "unknown model 'resnet50' (did you mean 'resnet'?)"),
     (["--set", "methods=[{{name: raptor}}]"], "unknown method 'raptor'"),
     (["--recipe", "{bad_yaml}"], "malformed YAML in"),
     (["--resume", "{tmp}/missing"], "checkpoint not found"),

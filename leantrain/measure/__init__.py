@@ -9,6 +9,8 @@
   Measured on the same steps as FLOPs (the first step of each shape), since it is a per-shape fact.
 * ``forward_flops`` counts one inference forward the same way (deployment cost of a model).
 """
-from .meter import StepMeter, analytic_gpt_flops, count_step, forward_flops, saved_tensor_bytes
+from .meter import (StepMeter, analytic_gpt_flops, analytic_resnet_flops, count_step, forward_flops,
+                    saved_tensor_bytes)
 
-__all__ = ["StepMeter", "count_step", "forward_flops", "saved_tensor_bytes", "analytic_gpt_flops"]
+__all__ = ["StepMeter", "count_step", "forward_flops", "saved_tensor_bytes", "analytic_gpt_flops",
+           "analytic_resnet_flops"]

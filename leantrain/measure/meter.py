@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterator
+import math
+from collections.abc import Callable, Collection, Hashable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -111,3 +112,38 @@ def analytic_gpt_flops(n_layer: int, n_embd: int, block_size: int, vocab_size: i
     if not train:
         return dense + attn
     return 3 * dense + attn + 2 * attn + attn // 2  # attention backward: 5 bmm of the forward's 2
+
+
+def analytic_resnet_flops(depth: int, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
+                          width: float = 1.0, shortcut: str = "projection", train: bool = True,
+                          blocks: Collection[int] | None = None) -> int:
+    """Independent count of a CIFAR ResNet step's conv and linear FLOPs (2 per MAC), no elementwise ops.
+
+    ``input_shape`` is one sample's (C, L) or (C, H, W). A conv with k^d taps, C_in → C_out channels
+    and P output positions costs 2·B·P·k^d·C_in·C_out forward. Backward computes a weight gradient
+    and an input gradient of the same cost each, except for the stem: its input (the data) needs no
+    gradient, so PyTorch does not compute one. BatchNorm, ReLU, the average pool and the zero-padding
+    shortcut are elementwise and not counted. ``blocks``: indices of the blocks a plan runs (None = all).
+    """
+    c_in, *spatial = input_shape
+    n, taps = (depth - 2) // 6, 3 ** len(spatial)
+    widths = [max(1, round(c * width)) for c in (16, 32, 64)]
+
+    def positions(stride: int) -> int:  # a stride-2, padding-1 conv maps a size s to ceil(s / 2)
+        return math.prod(-(-s // stride) for s in spatial)
+
+    stem = 2 * batch_size * positions(1) * taps * c_in * widths[0]
+    body, c, stride, index = 0, widths[0], 1, 0
+    for stage, w in enumerate(widths):
+        for j in range(n):
+            down = stage > 0 and j == 0
+            stride *= 2 if down else 1
+            if blocks is None or index in blocks:
+                macs = positions(stride) * taps * (c * w + w * w)
+                if down and shortcut == "projection":
+                    macs += positions(stride) * c * w  # conv1×1 shortcut
+                body += 2 * batch_size * macs
+            c, index = w, index + 1
+    fc = 2 * batch_size * widths[-1] * num_classes
+    forward = stem + body + fc
+    return 3 * forward - stem if train else forward

@@ -1,5 +1,6 @@
 """Model families, one readable file each. Importing registers them."""
 from .gpt import GPT, BlockPlan, GPTConfig
+from .resnet import ResNet, ResNetConfig
 from .stitched import StitchedGPT, StitchedGPTConfig
 
-__all__ = ["GPT", "GPTConfig", "BlockPlan", "StitchedGPT", "StitchedGPTConfig"]
+__all__ = ["GPT", "GPTConfig", "BlockPlan", "ResNet", "ResNetConfig", "StitchedGPT", "StitchedGPTConfig"]
