@@ -237,8 +237,8 @@ class DynamicDropout(Method):
 
     def check(self, state: State) -> None:
         if not hasattr(state.model, "set_dropout"):
-            raise ConfigError(f"methods.{self.name}: model {type(state.model).__name__} has no "
-                              "set_dropout (no run-time dropout sites)")
+            raise ConfigError(f"methods.{self.name}: schedules dropout rates, but model "
+                              f"{type(state.model).__name__} has no dropout sites to schedule (gpt has)")
         where = f"methods.{self.name}."
         base = getattr(state.recipe.model, "dropout", 0.0)
         self.sites = {s: self.cfg.for_site(s, default_p0=base) for s in SITES}

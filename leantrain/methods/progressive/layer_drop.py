@@ -15,9 +15,8 @@ from typing import Literal
 
 from ...config import check
 from ...core import Event, Method, State
-from ...errors import ConfigError
 from ...registry import register_method
-from .subnetworks import layer_drop_plan, step_generator
+from .subnetworks import check_plan_model, layer_drop_plan, step_generator
 
 
 def depth_keep_probs(n_layer: int, last_keep: float, profile: str = "linear") -> list[float]:
@@ -46,14 +45,13 @@ class _LayerDrop(Method):
         return sum(sum(self.keep_probs(L, t)) / L for t in range(max_steps)) / max_steps
 
     def check(self, state: State) -> None:
-        if not hasattr(state.model, "plan"):
-            raise ConfigError(f"{self.name} needs a model with a block plan (model.name: gpt)")
+        check_plan_model(state.model, self.name)
 
     def on_event(self, event: Event, state: State) -> None:
         if event is Event.STEP_START:
             probs = self.keep_probs(len(state.model.blocks), state.step)
             gen = step_generator(state.recipe.train.seed, state.step, self.name)
-            state.model.plan = layer_drop_plan(probs, gen)
+            state.model.plan = layer_drop_plan(probs, gen, getattr(state.model, "always_run", ()))
             state.log(f"{self.name}/path_len", len(state.model.plan))
         elif event is Event.FIT_END:
             state.model.plan = None

@@ -13,7 +13,7 @@ from ...core import Event, Method, State
 from ...errors import ConfigError
 from ...models.gpt import BlockPlan
 from ...registry import register_method
-from .subnetworks import (branch_scale, fixed_blocks, kept_units, sample_path, sample_units,
+from .subnetworks import (branch_scale, check_plan_model, fixed_blocks, kept_units, sample_path, sample_units,
                           stage_ends, stage_index, step_generator)
 
 
@@ -148,32 +148,42 @@ class RaPTr(Method):
         return [share if s.length is None else s.length for s in stages]
 
     def expected_block_fraction(self, model_cfg, max_steps: int) -> float:
-        """Expected training FLOPs of the blocks over the run, as a fraction of the full model's."""
+        """Expected training FLOPs of the blocks over the run, as a fraction of the full model's
+        (a GPT config: blocks of equal cost, width slicing costed by ``block_cost``)."""
         L = model_cfg.n_layer
-        fixed = fixed_blocks(self.cfg.fixed, L)
+        return self._fraction(L, fixed_blocks(self.cfg.fixed, L), max_steps,
+                              lambda w: block_cost(model_cfg.n_embd, model_cfg.n_head, model_cfg.block_size, w))
+
+    def _fraction(self, L: int, fixed: list[int], max_steps: int, cost=lambda width: 1.0) -> float:
+        """Expected share of the L blocks run per step over the run, each weighted by ``cost(width)``."""
         ends = self.stage_ends(max_steps)
         total = ends[0]  # the warm-up runs the full model
         for stage, start, end in zip(self.cfg.stages, ends, ends[1:]):
             p = stage_keep_prob(stage, len(fixed), L)
             blocks = len(fixed) + p * (L - len(fixed))
-            cost = block_cost(model_cfg.n_embd, model_cfg.n_head, model_cfg.block_size, stage.width)
-            total += (end - start) * blocks / L * cost
+            total += (end - start) * blocks / L * cost(stage.width)
         return total / max_steps
 
     def check(self, state: State) -> None:
-        if not hasattr(state.model, "plan"):
-            raise ConfigError("raptr needs a model with a block plan (model.name: gpt)")
+        check_plan_model(state.model, "raptr")
         L, cfg = len(state.model.blocks), self.cfg
         bad = [i for i in cfg.fixed if not -L <= i < L]
         if bad:
             raise ConfigError(f"methods.raptr.fixed: block {bad[0]} does not exist (the model has {L})")
-        fixed = fixed_blocks(cfg.fixed, L)
-        if len(fixed) != len(cfg.fixed):
+        if len(fixed_blocks(cfg.fixed, L)) != len(cfg.fixed):
             raise ConfigError(f"methods.raptr.fixed: {cfg.fixed} names a block twice in a {L}-block model")
+        narrow = [i for i, s in enumerate(cfg.stages) if s.width < 1]
+        if narrow and not hasattr(state.model, "width_unused_slices"):
+            raise ConfigError(f"methods.raptr.stages[{narrow[0]}].width: width sampling keeps a subset of "
+                              f"attention heads and MLP units, which model {type(state.model).__name__} "
+                              "does not have; use width 1 (depth only)")
+        fixed = fixed_blocks(cfg.fixed, L, getattr(state.model, "always_run", ()))
         for i, s in enumerate(cfg.stages):
             where = f"methods.raptr.stages[{i}].path_len"
             if s.path_len is not None and not len(fixed) <= s.path_len <= L:
-                raise ConfigError(f"{where}: {s.path_len} is outside [{len(fixed)} fixed blocks, {L} blocks]")
+                always = len(fixed) - len(cfg.fixed)
+                why = f" ({always} of them always run: their shortcut changes shape)" if always else ""
+                raise ConfigError(f"{where}: {s.path_len} is outside [{len(fixed)} fixed blocks{why}, {L} blocks]")
         if cfg.stages[-1].path_len not in (None, L) and not cfg.allow_partial_final:
             raise ConfigError(f"methods.raptr.stages: the final stage must train the full model (path_len "
                               f"{L}); set allow_partial_final: true to allow otherwise")
@@ -191,7 +201,8 @@ class RaPTr(Method):
             self.set_plan(state)
         elif event is Event.AFTER_BACKWARD:
             if self.cfg.freeze_skipped_in_optimizer:
-                self._frozen = snapshot(state.model.width_unused_slices(), state.optimizer)
+                slices = state.model.width_unused_slices() if hasattr(state.model, "width_unused_slices") else []
+                self._frozen = snapshot(slices, state.optimizer)
             else:
                 zero_skipped_grads(state.model)
         elif event is Event.STEP_END and self._frozen:
@@ -204,29 +215,34 @@ class RaPTr(Method):
         model, cfg = state.model, self.cfg
         stage = stage_index(self.stage_ends(state.max_steps), state.step)  # 0 = warm-up
         L = len(model.blocks)
-        fixed = fixed_blocks(cfg.fixed, L)
+        fixed = fixed_blocks(cfg.fixed, L, getattr(model, "always_run", ()))
         p = 1.0 if stage == 0 else stage_keep_prob(cfg.stages[stage - 1], len(fixed), L)
         width = 1.0 if stage == 0 else cfg.stages[stage - 1].width
         if p == 1.0 and width == 1.0:
             model.plan = None  # the full model: nothing to sample
         else:
             gen = step_generator(state.recipe.train.seed, state.step, self.name)
-            model.plan = sample_plan(L, model.config.n_head, 4 * model.config.n_embd, fixed, p, width,
+            heads, hidden = (model.config.n_head, 4 * model.config.n_embd) if width < 1 else (1, 1)
+            model.plan = sample_plan(L, heads, hidden, fixed, p, width,
                                      sampling=cfg.sampling, scale=cfg.scale, width_rescale=cfg.width_rescale,
                                      generator=gen, device=next(model.parameters()).device)
         state.log("raptr/stage", stage)
         state.log("raptr/path_len", L if model.plan is None else len(model.plan))
 
     def describe(self, state: State) -> str:
-        mc, L = state.model.config, len(state.model.blocks)
-        n_fixed = len(fixed_blocks(self.cfg.fixed, L))
+        model, L = state.model, len(state.model.blocks)
+        fixed = fixed_blocks(self.cfg.fixed, L, getattr(model, "always_run", ()))
+        n_fixed = len(fixed)
         ends = self.stage_ends(state.max_steps)
         parts = [f"{b - a} steps at path {n_fixed + stage_keep_prob(s, n_fixed, L) * (L - n_fixed):.3g}"
                  + (f" × width {s.width:.3g}" if s.width < 1 else "")
                  for s, a, b in zip(self.cfg.stages, ends, ends[1:])]
         warm = f"{ends[0]} full-model warm-up steps, " if ends[0] else ""
-        return (f"raptr: expected FLOP fraction of the blocks {self.expected_block_fraction(mc, state.max_steps):.3f} "
-                f"(embedding and head excluded); {warm}{', '.join(parts)} of {L} blocks")
+        if hasattr(model, "width_unused_slices"):  # blocks of equal cost (GPT): a FLOP fraction
+            what = f"expected FLOP fraction of the blocks {self.expected_block_fraction(model.config, state.max_steps):.3f}"
+        else:
+            what = f"expected fraction of blocks run {self._fraction(L, fixed, state.max_steps):.3f}"
+        return f"raptr: {what} (embedding and head excluded); {warm}{', '.join(parts)} of {L} blocks"
 
 
 @torch.no_grad()

@@ -89,6 +89,7 @@ class Stacking(Method):
     def __init__(self, cfg=None):
         super().__init__(cfg)
         self.depth: int | None = None  # None until the first step has cut the model down
+        self.full_depth = 0  # the recipe model's depth (set by check)
 
     def depths(self, n_layer: int) -> list[int]:
         if self.cfg.depths is not None:
@@ -107,7 +108,12 @@ class Stacking(Method):
         return sum(s * d for s, d in zip(steps, self.depths(L))) / (max_steps * L)
 
     def check(self, state: State) -> None:
-        L = len(state.model.blocks)
+        blocks = getattr(state.model, "blocks", None)
+        shapes = {tuple((n, p.shape) for n, p in b.named_parameters()) for b in blocks or ()}
+        if blocks is None or len(shapes) > 1:
+            raise ConfigError(f"stacking grows depth by copying blocks, so every block must have the same "
+                              f"shape; model {type(state.model).__name__}'s blocks differ (use gpt)")
+        L = self.full_depth = len(state.model.blocks)
         depths = self.depths(L)
         if depths[-1] != L:
             raise ConfigError(f"methods.stacking.depths: the last depth must be the model's n_layer={L} "
@@ -124,7 +130,7 @@ class Stacking(Method):
     def on_event(self, event: Event, state: State) -> None:
         if event is not Event.STEP_START:
             return
-        model, L = state.model, state.model.config.n_layer
+        model, L = state.model, self.full_depth
         target = self.depths(L)[stage_index(self.stage_ends(L, state.max_steps), state.step)]
         if self.depth is None and len(model.blocks) > target:  # first step: start shallow
             del model.blocks[target:]

@@ -35,9 +35,18 @@ def stage_index(ends: Sequence[int], step: int) -> int:
     return min(bisect.bisect_right(ends, step), len(ends) - 1)
 
 
-def fixed_blocks(fixed: Iterable[int], n_layer: int) -> list[int]:
-    """Normalise possibly negative block indices (``-1`` = the last block)."""
-    return sorted({i % n_layer for i in fixed})
+def fixed_blocks(fixed: Iterable[int], n_layer: int, always_run: Iterable[int] = ()) -> list[int]:
+    """Normalise possibly negative block indices (``-1`` = the last block), plus the blocks the model
+    can never skip (``model.always_run``, e.g. a ResNet's downsampling blocks)."""
+    return sorted({i % n_layer for i in fixed} | set(always_run))
+
+
+def check_plan_model(model, method: str) -> None:
+    """Refuse a model without the block-plan interface (``blocks`` and ``plan``)."""
+    from ...errors import ConfigError
+    if not (hasattr(model, "plan") and hasattr(model, "blocks")):
+        raise ConfigError(f"{method} skips blocks through a block plan, which model "
+                          f"{type(model).__name__} does not have (gpt and resnet do)")
 
 
 def sample_path(n_layer: int, fixed: Sequence[int], keep_prob: float, sampling: str,
@@ -81,8 +90,11 @@ def branch_scale(keep_prob: float, rule: str) -> float:
     return {"none": 1.0, "inverse_p": 1.0 / keep_prob, "sqrt_inverse_p": keep_prob ** -0.5}[rule]
 
 
-def layer_drop_plan(keep_probs: Sequence[float], generator: torch.Generator) -> list[BlockPlan]:
+def layer_drop_plan(keep_probs: Sequence[float], generator: torch.Generator,
+                    always_run: Iterable[int] = ()) -> list[BlockPlan]:
     """Stochastic depth / PLD for one step: block i runs with probability ``keep_probs[i]`` and, if
-    it runs, its branches are scaled by 1/keep_probs[i] (DropPath), so the expectation is unchanged."""
-    draws = torch.rand(len(keep_probs), generator=generator).tolist()
-    return [BlockPlan(i, scale=1.0 / p) for i, (p, u) in enumerate(zip(keep_probs, draws)) if u < p]
+    it runs, its branches are scaled by 1/keep_probs[i] (DropPath), so the expectation is unchanged.
+    ``always_run`` blocks (which the model cannot skip) run every step, unscaled."""
+    probs = [1.0 if i in set(always_run) else p for i, p in enumerate(keep_probs)]
+    draws = torch.rand(len(probs), generator=generator).tolist()
+    return [BlockPlan(i, scale=1.0 / p) for i, (p, u) in enumerate(zip(probs, draws)) if u < p]
