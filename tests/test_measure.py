@@ -49,3 +49,33 @@ def test_meter_caches_per_key():
         meter.step("a", step_fn(m, x), m.parameters())
     assert len(meter.flops_by_key) == 1 and meter.total_flops == 3 * meter.flops_by_key["a"]
     assert meter.peak_activation_bytes > 0
+
+
+def test_peak_live_bytes_fall_as_one_over_k_when_modules_free_their_graphs():
+    """8 identical Linear+ReLU units: each saves its input (Linear) and its output (ReLU), which is
+    the next unit's input, so a chain of n units saves n + 1 activations of B×d floats. Trained in
+    K gradient-isolated modules (backward right after each, the output detached), at most
+    n/K + 1 of them are alive at once; the total counts each boundary activation twice."""
+    from leantrain.measure import measure_step
+    torch.manual_seed(0)
+    n, B, d = 8, 16, 32
+    units = [torch.nn.Sequential(torch.nn.Linear(d, d, bias=False), torch.nn.ReLU()) for _ in range(n)]
+    params = [p for u in units for p in u.parameters()]
+    x = torch.randn(B, d)
+    act = B * d * 4
+
+    def train(K):
+        def fn():
+            h = x
+            per = n // K
+            for k in range(K):
+                for u in units[k * per:(k + 1) * per]:
+                    h = u(h)
+                (h * h).sum().backward()  # saves h: already counted (the ReLU's output)
+                h = h.detach()
+        return fn
+    _, total, peak, _ = measure_step(train(1), params)
+    assert total == peak == (n + 1) * act
+    for K in (2, 4, 8):
+        _, total, peak, _ = measure_step(train(K), params)
+        assert peak == (n // K + 1) * act and total == (n + K) * act

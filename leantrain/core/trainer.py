@@ -268,6 +268,7 @@ class Trainer:
                 "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
                 "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
+                "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
         checkpoint.save(self.out_dir, self.state.step, meta, tensors)
@@ -291,6 +292,7 @@ class Trainer:
         torch.set_rng_state(ckpt.rng[f"torch/rank{self.rank}"])
         self.meter.total_flops = meta["flops"]
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
+        self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
         self.skipped = meta.get("nonfinite_skipped", 0)
@@ -532,7 +534,8 @@ class Trainer:
         out.update({"train_flops": self.meter.total_flops * self.world, "wall_seconds": self.seconds,
                     "eval_seconds": self.eval_seconds,
                     f"{self.data.unit}_per_second": self._items(s.step) / max(self.seconds, 1e-9),
-                    "peak_activation_bytes": self.meter.peak_activation_bytes, "steps": s.step,
+                    "peak_activation_bytes": self.meter.peak_activation_bytes,
+                    "peak_live_activation_bytes": self.meter.peak_live_activation_bytes, "steps": s.step,
                     "nonfinite_skipped": self.skipped,
                     "finished": s.step >= t.max_steps, "world_size": self.world,
                     "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()})

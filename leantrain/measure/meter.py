@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Collection, Hashable, Iterator
 
 import torch
@@ -26,13 +27,27 @@ _EXTRA_FORMULAS = {
 }
 
 
+class _Saved:
+    """What the autograd graph holds for one saved tensor while measuring: dropping it (when the
+    graph frees its saved tensors after backward) marks the storage as released."""
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
 class _SavedBytes:
-    """Sum of distinct non-parameter storages saved for backward while active."""
+    """Bytes of non-parameter storages saved for backward while active, deduplicated by storage:
+    ``total`` over the whole step, and ``peak`` of the bytes saved and not yet released at once —
+    what a method that frees graphs early (local learning) reduces. A storage counts again if it is
+    saved anew after all its earlier saves were released."""
 
     def __init__(self, params):
         self.param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-        self.seen: set[int] = set()
-        self.bytes = 0
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [saves alive, bytes]
+        self.bytes = 0  # total
+        self.live_bytes = 0
+        self.peak = 0
 
     def pack(self, t: torch.Tensor):
         try:
@@ -40,27 +55,52 @@ class _SavedBytes:
         except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
             return t
         ptr = storage.data_ptr()
-        if ptr not in self.param_ptrs and ptr not in self.seen:
-            self.seen.add(ptr)
-            self.bytes += storage.nbytes()
-        return t
+        if ptr in self.param_ptrs:
+            return t
+        entry = self.live.get(ptr)
+        if entry is None:
+            entry = self.live[ptr] = [0, storage.nbytes()]
+            self.bytes += entry[1]
+            self.live_bytes += entry[1]
+            self.peak = max(self.peak, self.live_bytes)
+        entry[0] += 1
+        saved = _Saved(t)
+        weakref.finalize(saved, self._release, ptr)
+        return saved
+
+    @staticmethod
+    def unpack(saved):
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live_bytes -= entry[1]
+            del self.live[ptr]
 
 
 @contextlib.contextmanager
 def saved_tensor_bytes(params) -> Iterator[_SavedBytes]:
-    """Measure bytes saved for backward in the block. All saved tensors stay alive until backward,
-    so the total at the end of the forward pass is the peak."""
+    """Measure bytes saved for backward in the block: ``.bytes`` (total) and ``.peak`` (alive at once)."""
     rec = _SavedBytes(params)
-    with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(rec.pack, rec.unpack):
         yield rec
 
 
 def count_step(fn: Callable[[], object], params) -> tuple[int, int, object]:
     """Run ``fn`` (forward + backward) once under both counters: (flops, saved bytes, result)."""
+    flops, saved, _, out = measure_step(fn, params)
+    return flops, saved, out
+
+
+def measure_step(fn: Callable[[], object], params) -> tuple[int, int, int, object]:
+    """Run ``fn`` (forward + backward) once, measured: (flops, total saved bytes, peak live saved
+    bytes, result)."""
     flop_counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     with flop_counter, saved_tensor_bytes(params) as saved:
         out = fn()
-    return flop_counter.get_total_flops(), saved.bytes, out
+    return flop_counter.get_total_flops(), saved.bytes, saved.peak, out
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -78,21 +118,24 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 class StepMeter:
-    """Per-run totals: measured FLOPs (cached per step shape) and peak saved-for-backward bytes."""
+    """Per-run totals: measured FLOPs (cached per step shape), and the largest step's bytes saved for
+    backward — in total (``peak_activation_bytes``) and alive at once (``peak_live_activation_bytes``)."""
 
     def __init__(self):
         self.flops_by_key: dict[Hashable, int] = {}
         self.total_flops = 0
         self.peak_activation_bytes = 0
+        self.peak_live_activation_bytes = 0
 
     def step(self, key: Hashable, fn: Callable[[], object], params) -> object:
         """Run one training step ``fn``, adding its FLOPs (measured the first time ``key`` is seen)."""
         if key in self.flops_by_key:
             out = fn()
         else:
-            flops, saved, out = count_step(fn, params)
+            flops, saved, live, out = measure_step(fn, params)
             self.flops_by_key[key] = flops
             self.peak_activation_bytes = max(self.peak_activation_bytes, saved)
+            self.peak_live_activation_bytes = max(self.peak_live_activation_bytes, live)
         self.total_flops += self.flops_by_key[key]
         return out
 
