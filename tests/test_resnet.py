@@ -28,7 +28,7 @@ def batch(info, n=4, seed=1):
 
 
 def test_registered_as_a_classifier():
-    factory, cfg_cls = get_model("resnet")
+    _, cfg_cls = get_model("resnet")
     assert cfg_cls is ResNetConfig and model_task("resnet") == "classification"
 
 
@@ -196,7 +196,8 @@ def test_analytic_flops_by_hand():
 
 def resnet_params(n: int, widths: tuple[int, int, int], c_in: int, classes: int, projection: bool) -> int:
     """Parameter count written from the architecture: 3×3 convs without bias, BN (γ, β) after each."""
-    conv_bn = lambda a, b, k: k * a * b + 2 * b  # noqa: E731
+    def conv_bn(a, b, k):
+        return k * a * b + 2 * b
     total = conv_bn(c_in, widths[0], 9)
     prev = widths[0]
     for w in widths:
