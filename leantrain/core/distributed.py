@@ -46,6 +46,31 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` across ranks in one flat all-reduce (identity without DDP)."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (what DDP does when it wraps a model)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src)
+
+
 def mean(values: list[float]) -> list[float]:
     """Element-wise mean across ranks (identity without DDP)."""
     if not active():

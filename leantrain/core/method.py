@@ -46,6 +46,10 @@ class Method:
     """Methods sharing a group cannot be combined (e.g. two depth-dropping methods)."""
     replaces_steps: ClassVar[bool] = False
     """True if ``training_step`` replaces some steps (every step strategy; surgery with a phase)."""
+    handles_gradients: ClassVar[bool] = False
+    """True if ``training_step`` itself averages gradients across ranks and clips them (e.g. per
+    module, with several backward passes a step): the trainer then neither wraps the model in DDP
+    (it broadcasts rank 0's weights once instead) nor clips globally."""
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None else self.Config()

@@ -228,7 +228,10 @@ class Trainer:
 
     def _wrap(self) -> None:
         model = self.state.model
-        if distributed.active():
+        if distributed.active() and any(m.handles_gradients for m in self.methods):
+            distributed.broadcast_module(model)  # one start for every replica; the method syncs gradients
+            self.ddp_model = model
+        elif distributed.active():
             unused = any(m.find_unused_parameters for m in self.methods)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DDP(model, device_ids=ids, find_unused_parameters=unused)
@@ -350,7 +353,8 @@ class Trainer:
     def _grad_norm(self) -> torch.Tensor:
         """Clip to ``grad_clip`` (if set) and return the global gradient norm (checked for Inf/NaN)."""
         params = [p for p in self.state.model.parameters() if p.grad is not None]
-        if self.recipe.train.grad_clip > 0:
+        clips_itself = any(m.handles_gradients for m in self.methods)
+        if self.recipe.train.grad_clip > 0 and not clips_itself:
             return torch.nn.utils.clip_grad_norm_(params, self.recipe.train.grad_clip)
         return torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
 

@@ -1,0 +1,135 @@
+"""A model's ordered units as local learning sees them, and how to cut them into modules.
+
+Units applied in order compute the model's logits. ResNet exposes them (``model.units``: stem, every
+block, head); a GPT's are its embedding, every block and its head (final LayerNorm + LM head). The
+last unit is the model's own head: it always belongs to the last module, so a model with n units
+can be cut into 1 ≤ K ≤ n − 1 modules. A cut is the index of the unit after which a module ends.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ...errors import ConfigError
+from ...measure import saved_tensor_bytes
+
+
+class Embed(nn.Module):
+    """A GPT's token + position embedding as a unit (the modules stay the GPT's own)."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = [gpt]  # a list: not a submodule, its parameters stay registered on the GPT
+
+    def forward(self, idx):
+        return self.gpt[0].embed(idx)
+
+
+class LMHead(nn.Module):
+    """A GPT's final LayerNorm + LM head as a unit."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = [gpt]
+
+    def forward(self, h):
+        return self.gpt[0].head(h)
+
+
+@dataclass
+class UnitView:
+    units: list[nn.Module]
+    """Applied in order: logits. The last one is the model's head."""
+    shapes: list[tuple[int, ...]]
+    """Each unit's output shape for one sample: (C, L) / (C, H, W) feature maps, (T, C) token states;
+    the head's: its logits' trailing shape."""
+    kind: str
+    """``conv1d``, ``conv2d`` or ``tokens``: what the local heads and context encoders are built from."""
+    params: list[list[nn.Parameter]]
+    """Each unit's own parameters (a GPT's embedding owns the token table its head shares)."""
+
+    @property
+    def n_cuttable(self) -> int:
+        return len(self.units) - 1
+
+    def channels(self, i: int) -> int:
+        """Unit ``i``'s feature channels (``n_embd`` for token states)."""
+        return self.shapes[i][-1] if self.kind == "tokens" else self.shapes[i][0]
+
+
+def unit_view(model: nn.Module, input_shape: tuple[int, ...]) -> UnitView:
+    """The units of a ResNet (``model.units``) or a GPT (embedding, blocks, head)."""
+    if hasattr(model, "units") and hasattr(model, "unit_shapes"):
+        units = list(model.units)
+        kind = "conv1d" if len(input_shape) == 2 else "conv2d"
+        return UnitView(units, model.unit_shapes(tuple(input_shape)), kind,
+                        [list(u.parameters()) for u in units])
+    if hasattr(model, "embed") and hasattr(model, "blocks") and hasattr(model, "head"):
+        T, C = model.config.block_size, model.config.n_embd
+        units = [Embed(model), *model.blocks, LMHead(model)]
+        params = [[model.wte.weight, model.wpe.weight], *[list(b.parameters()) for b in model.blocks],
+                  [p for p in model.ln_f.parameters()]]  # lm_head is tied to wte: the embedding owns it
+        return UnitView(units, [(T, C)] * (len(units) - 1) + [(T, model.config.vocab_size)], "tokens", params)
+    raise ConfigError(f"local learning needs a model made of ordered units (resnet, gpt); "
+                      f"{type(model).__name__} is not")
+
+
+# ----------------------------------------------------------------------------------- cuts
+def equal_cuts(n_units: int, k: int) -> list[int]:
+    """K − 1 cut indices splitting ``n_units`` cuttable units into K runs of (nearly) equal length —
+    for ResNet-32 (16 units) and K = 4: after units 3, 7, 11 (stage-1 block 2, stage-2 block 1,
+    stage-3 block 0), the InfoPro reference split."""
+    return [round(n_units * j / k) - 1 for j in range(1, k)]
+
+
+def balanced_cuts(costs: Sequence[float], k: int) -> list[int]:
+    """K − 1 cuts that minimise the largest module's summed cost (contiguous modules; exact dynamic
+    programme over the n units), e.g. measured activation bytes per unit."""
+    n = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(k + 1)]  # best[j][i]: first i units in j modules
+    back = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            for m in range(j - 1, i):
+                cost = max(best[j - 1][m], prefix[i] - prefix[m])
+                if cost < best[j][i]:
+                    best[j][i], back[j][i] = cost, m
+    cuts, i = [], n
+    for j in range(k, 0, -1):
+        i = back[j][i]
+        cuts.append(i - 1)
+    return sorted(cuts)[1:]  # the first "cut" is before unit 0
+
+
+@torch.no_grad()
+def unit_activation_bytes(view: UnitView, x: torch.Tensor) -> list[int]:
+    """Bytes each cuttable unit saves for backward on batch ``x`` (measured, in isolation)."""
+    out = []
+    h = x
+    params = [p for unit_params in view.params for p in unit_params]
+    for unit in view.units[:-1]:
+        h = h.detach()
+        with torch.enable_grad(), saved_tensor_bytes(params) as rec:
+            if h.is_floating_point():
+                h.requires_grad_(True)
+            y = unit(h)
+        out.append(rec.bytes)
+        h = y
+    return out
+
+
+def check_cuts(cuts: Sequence[int], n_units: int) -> None:
+    if any(not 0 <= c < n_units - 1 for c in cuts):
+        bad = next(c for c in cuts if not 0 <= c < n_units - 1)
+        raise ConfigError(f"methods.local.cuts: unit {bad} is out of range (cuts end a module after units "
+                          f"0..{n_units - 2}: the model has {n_units} cuttable units)")
+    if any(b <= a for a, b in zip(cuts, cuts[1:])):
+        raise ConfigError(f"methods.local.cuts: {list(cuts)} must increase strictly")
