@@ -17,6 +17,8 @@ SETTINGS: dict[str, dict] = {
     # over a linear depth profile, with attention dropout on its own cosine schedule.
     "dynamic_dropout": {"schedule": "validation", "delta": 0.05, "depth_profile": "linear",
                         "sites": {"attention": {"schedule": "cosine", "p0": 0.2}}},
+    # local/: three modules of the tiny GPT with context supply from the embedding and the last input
+    "local": {"variant": "contsup", "modules": 3, "context": "R1E"},
 }
 
 

@@ -71,6 +71,15 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (e.g. BatchNorm statistics) to every rank, as DDP does each step."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in module.buffers():
+            dist.broadcast(t.data, src)
+
+
 def mean(values: list[float]) -> list[float]:
     """Element-wise mean across ranks (identity without DDP)."""
     if not active():
