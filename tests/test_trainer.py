@@ -90,7 +90,8 @@ def test_end_events_run_in_reverse_order(tiny_recipe, tmp_path):
     log = []
     a.events = b.events = log  # one shared log shows the interleaving
     Trainer(tiny_recipe(train={"max_steps": 1}), tmp_path, methods=[a, b], verbose=False, progress=False).fit()
-    assert log[0] == ("a", Event.FIT_START) and log[-1] == ("a", Event.FIT_END)
+    assert log[0] == ("a", Event.FIT_START) and log[-3] == ("a", Event.FIT_END)
+    assert log[-2:] == [("a", Event.CHECKPOINT), ("b", Event.CHECKPOINT)]  # the final checkpoint
     assert [tag for tag, e in log if e is Event.STEP_START] == ["a", "b"]
     assert [tag for tag, e in log if e is Event.STEP_END] == ["b", "a"]
     assert [tag for tag, e in log if e is Event.EVAL_END] == ["b", "a"] * 2

@@ -163,9 +163,11 @@ def run_interleaved(jobs: list[Job], seeds: list[int], log=print, baseline: str 
 
 
 # ----------------------------------------------------------------------------------- figures
-def decisive_key(curve: list[dict]) -> str:
-    """The curve key that decides "reached": whole-split losses where the run has them."""
-    return WHOLE if any(WHOLE in r for r in curve) else "val_loss"
+def decisive_key(curve: list[dict], metric: str = "loss") -> str:
+    """The curve key that decides "reached": whole-split figures (``loss`` or ``error``) where the run
+    has them."""
+    whole = f"whole/val_{metric}"
+    return whole if any(whole in r for r in curve) else f"val_{metric}"
 
 
 def first_reaching(curve: list[dict], target: float, key: str = "val_loss") -> dict | None:
@@ -194,14 +196,15 @@ def figures_of(run: Run) -> dict:
 
 def result_rows(suite: str, runs: list[Run], baseline: str, target_key: str = "final_val_loss") -> list[dict]:
     """One row per method × seed; the target is the same-seed baseline's ``target_key`` figure
-    (``final_val_loss`` or ``best_val_loss``, whole-split where measured)."""
-    which = target_key.split("_")[0]  # final | best
+    (``final_val_loss``, ``best_val_loss``, or ``final_val_error`` / ``best_val_error`` for
+    classification; whole-split where measured)."""
+    which, metric = target_key.split("_")[0], target_key.split("_")[-1]  # final | best, loss | error
     base = {r.seed: r for r in runs if r.job.method == baseline}
     rows = []
     for r in runs:
         fig, bfig = figures_of(r), figures_of(base[r.seed])
-        target, target_se = bfig[which]["loss"], bfig[which]["loss_se"]
-        hit = first_reaching(r.curve, target, decisive_key(r.curve))
+        target, target_se = bfig[which][metric], bfig[which][f"{metric}_se"]
+        hit = first_reaching(r.curve, target, decisive_key(r.curve, metric))
         s = r.summary
         row = {"suite": suite, "method": r.job.method, "seed": r.seed, "config": s["config"],
                "final_val_loss": fig["final"]["loss"], "final_val_loss_se": fig["final"]["loss_se"],
@@ -210,7 +213,8 @@ def result_rows(suite: str, runs: list[Run], baseline: str, target_key: str = "f
                "final_val_loss_batches": s["final_val_loss"], "best_val_loss_batches": s["best_val_loss"],
                "whole_split_probes": fig["probes"],
                "train_flops": s["train_flops"], "wall_seconds": s["wall_seconds"],
-               "target_val_loss": target, "target_val_loss_se": target_se, "reached": hit is not None,
+               "target_metric": f"val_{metric}", "target_val_loss" if metric == "loss" else "target_val_error": target,
+               "target_se": target_se, "reached": hit is not None,
                "flops_to_target": hit["flops"] if hit else None,
                "seconds_to_target": hit["seconds"] if hit else None,
                "steps_to_target": hit["step"] if hit else None,

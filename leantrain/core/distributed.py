@@ -38,24 +38,38 @@ def rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
 
 
-def sum_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum across ranks (a copy; identity without DDP)."""
+def sum_tensor(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Element-wise sum across the ranks of ``group`` (all: None) — a copy; identity without DDP."""
     t = t.clone()
     if active():
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t
 
 
-def average_gradients(params) -> None:
-    """Average the gradients of ``params`` across ranks in one flat all-reduce (identity without DDP)."""
+def max_value(x: float) -> float:
+    """The largest ``x`` over all ranks."""
     if not active():
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def group_size(group=None) -> int:
+    return dist.get_world_size(group) if active() else 1
+
+
+def average_gradients(params, group=None) -> None:
+    """Average the gradients of ``params`` across the ranks of ``group`` (all: None) in one flat
+    all-reduce (identity without DDP or in a group of one)."""
+    if not active() or group_size(group) == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    dist.all_reduce(flat, group=group)
+    flat /= group_size(group)
     offset = 0
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
@@ -71,13 +85,14 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
-def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s buffers (e.g. BatchNorm statistics) to every rank, as DDP does each step."""
-    if not active():
+def broadcast_buffers(module: torch.nn.Module, src: int = 0, group=None) -> None:
+    """Copy rank ``src``'s buffers (e.g. BatchNorm statistics) to the ranks of ``group``, as DDP does
+    each step."""
+    if not active() or group_size(group) == 1:
         return
     with torch.no_grad():
         for t in module.buffers():
-            dist.broadcast(t.data, src)
+            dist.broadcast(t.data, src, group=group)
 
 
 def mean(values: list[float]) -> list[float]:

@@ -20,6 +20,9 @@ class Event(str, Enum):
     """The optimizer stepped; ``state.step`` counts it and ``state.loss`` holds its loss."""
     EVAL_START = "eval_start"
     """Before evaluation (the model is already in eval mode: the full network runs)."""
+    CHECKPOINT = "checkpoint"
+    """A checkpoint is about to be written (every rank): bring what it must hold into place (e.g.
+    parameters and optimizer state that live on other ranks)."""
     EVAL_END = "eval_end"
     """``state.val_loss`` (and ``state.best_val_loss``) hold the new evaluation."""
     FIT_END = "fit_end"

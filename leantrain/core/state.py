@@ -34,6 +34,16 @@ class State:
     """The last evaluation in full (loss, its standard error, samples, error)."""
     rank: int = 0
     world_size: int = 1
+    data_rank: int = 0
+    """Which shard of the training data this rank draws from (data parallelism: its rank). Ranks that
+    share a data rank draw identical batches (e.g. the stages of one module-parallel pipeline)."""
+    data_world: int = 1
+    """Number of data shards (data-parallel replicas)."""
+    step_group: Any = None
+    """Process group of the ranks that take every step in lockstep (None: all): the trainer's
+    per-step agreement (non-finite steps, Ctrl-C) runs within it."""
+    report_weight: float = 1.0
+    """This rank's weight in the reported training loss (a pipeline reports its last stage's)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Method metrics for the next metrics row, namespaced ``method/name``."""
     rebuild: dict[str, str] | None = None

@@ -120,7 +120,8 @@ class Trainer:
         factory, _ = get_model(recipe.model_name)
         model = factory(mcfg).to(self.device)
         self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
-                           rank=self.rank, world_size=self.world, evaluate=self.evaluate_split)
+                           rank=self.rank, world_size=self.world, data_rank=self.rank, data_world=self.world,
+                           evaluate=self.evaluate_split)
         for m in self.methods:
             # Methods made in Python carry configs that never went through build(): check them too.
             build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
@@ -133,10 +134,12 @@ class Trainer:
                 m.load_state_dict(saved["state"])
         for m in self.methods:
             m.setup(self.state)
+        if ckpt is not None:
+            self._check_world(ckpt)
         if self.out_dir is not None:
             distributed.on_main(lambda: self._prepare_out_dir(ckpt, overwrite))
 
-        self.sampler = self.data.sampler(t.batch_size, t.seed, self.rank, self.world, mcfg)
+        self.sampler = self.data.sampler(t.batch_size, t.seed, self.state.data_rank, self.state.data_world, mcfg)
         self.val_batches = self._eval_batches("val")
         self.train_eval_batches = self._eval_batches("train") if t.eval_train else []
         self.meter = measure.StepMeter()
@@ -178,12 +181,17 @@ class Trainer:
         if names != [m.name for m in self.methods]:
             raise LeantrainError(f"checkpoint {ckpt.path} was trained with methods {names}, "
                                  f"the recipe has {[m.name for m in self.methods]}")
-        if ckpt.meta["world_size"] != self.world:
-            raise LeantrainError(f"checkpoint {ckpt.path} was written by {ckpt.meta['world_size']} "
-                                 f"process(es); resume with the same number (now {self.world})")
         if ckpt.meta["step"] > self.recipe.train.max_steps:
             raise ConfigError(f"train.max_steps={self.recipe.train.max_steps} is below the checkpoint's "
                               f"step {ckpt.meta['step']}")
+
+    def _check_world(self, ckpt: checkpoint.Checkpoint) -> None:
+        """The data must be sharded as it was (each shard's sampler state resumes); how many ranks
+        train one shard (e.g. pipeline stages) may differ."""
+        saved = ckpt.meta.get("data_world", ckpt.meta["world_size"])
+        if saved != self.state.data_world:
+            raise LeantrainError(f"checkpoint {ckpt.path} was trained on {saved} data shard(s) (data-parallel "
+                                 f"processes); resume with the same number (now {self.state.data_world})")
 
     def _prepare_out_dir(self, ckpt, overwrite: bool) -> None:
         out = self.out_dir
@@ -253,6 +261,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.dispatch(Event.CHECKPOINT)
         bad = [n for n, v in checkpoint.model_tensors(self.state.model).items()
                if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:  # never replace a good checkpoint with a broken one
@@ -260,6 +269,7 @@ class Trainer:
                              "or Inf; the last checkpoint is untouched", exit_code=3)
         rng = {**self.sampler.state(), "torch": torch.get_rng_state()}
         all_rng = distributed.gather(rng)
+        data_ranks = distributed.gather(self.state.data_rank)
         if not self.main or self.out_dir is None:
             return
         tensors = {"model": checkpoint.model_tensors(self.state.model),
@@ -267,6 +277,7 @@ class Trainer:
                    "rng": {f"{k}/rank{r}": v for r, d in enumerate(all_rng) for k, v in d.items()},
                    "methods": {f"{m.name}/{k}": v for m in self.methods for k, v in m.tensors().items()}}
         meta = {"recipe": self.recipe.to_dict(), **self.data.meta(), "world_size": self.world,
+                "data_world": self.state.data_world, "data_ranks": data_ranks,
                 "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
                 "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
@@ -289,10 +300,14 @@ class Trainer:
             m.load_tensors(checkpoint.method_tensors(ckpt, m.name))
         s.optimizer = build_optimizer(s.model, self.recipe.train)
         checkpoint.load_optimizer_state(s.model, s.optimizer, ckpt.optimizer)
-        suffix = f"/rank{self.rank}"
+        # the sampler state of a rank that drew this rank's shard (the same rank, unless the number of
+        # ranks per shard changed, e.g. a pipeline resuming a single-process run)
+        ranks = meta.get("data_ranks", list(range(meta["world_size"])))
+        source = self.rank if self.rank < len(ranks) and ranks[self.rank] == s.data_rank else ranks.index(s.data_rank)
+        suffix = f"/rank{source}"
         self.sampler.load_state({k[: -len(suffix)]: v for k, v in ckpt.rng.items()
                                  if k.endswith(suffix) and k.startswith("sampler")})
-        torch.set_rng_state(ckpt.rng[f"torch/rank{self.rank}"])
+        torch.set_rng_state(ckpt.rng.get(f"torch/rank{self.rank}", ckpt.rng[f"torch/rank{source}"]))
         self.meter.total_flops = meta["flops"]
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
@@ -363,7 +378,10 @@ class Trainer:
         so all ranks take the same decision at the same step."""
         if not distributed.active():
             return finite, self._interrupted
-        flags = distributed.sum_tensor(torch.tensor([float(not finite), float(self._interrupted)]))
+        flags = distributed.sum_tensor(torch.tensor([float(not finite), float(self._interrupted)]),
+                                       group=self.state.step_group)
+        if self.state.step_group is not None:  # ranks not in lockstep agree on Ctrl-C at metrics rows
+            return flags[0].item() == 0, self.interrupt_agreed
         return flags[0].item() == 0, flags[1].item() > 0
 
     def _stop_nonfinite(self, value: float, norm: float, lr: float) -> None:
@@ -386,7 +404,8 @@ class Trainer:
             latest = checkpoint.read_meta(self.out_dir)["step"]
         where = (f"the latest checkpoint is step {latest} (continue with --resume {self.out_dir})"
                  if latest is not None else "no checkpoint was written (train.checkpoint_interval keeps some)")
-        summary = {**self.summary(), "finished": False, "stopped": reason}
+        # ranks that do not step in lockstep (a pipeline) may stop alone: no collective then
+        summary = {**self.summary(collective=self.state.step_group is None), "finished": False, "stopped": reason}
         if self.main and self.out_dir is not None:
             checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return RunStopped(f"stopped: {reason}; {where}", exit_code)
@@ -427,12 +446,16 @@ class Trainer:
     def _metrics_row(self, extra: dict) -> dict:
         t, s = self.recipe.train, self.state
         row = {"step": s.step}
-        if self.loss_count:
-            row["train_loss"] = distributed.mean([self.loss_sum / self.loss_count])[0]
-            self.loss_sum, self.loss_count = 0.0, 0
+        w = s.report_weight if self.loss_count else 0.0
+        weighted, weights, interrupted = distributed.mean(
+            [w * self.loss_sum / max(self.loss_count, 1), w, float(self._interrupted)])
+        if weights > 0:
+            row["train_loss"] = weighted / weights
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.interrupt_agreed |= interrupted > 0
         row.update(extra)
         row.update({"lr": s.metrics.pop("lr", lr_at(s.step, t)),
-                    "flops": self.meter.total_flops * self.world, "seconds": self.seconds,
+                    "flops": self._total_flops(), "seconds": self.seconds,
                     self.data.unit: self._items(s.step)})
         row.update(s.metrics)
         s.metrics.clear()
@@ -526,20 +549,29 @@ class Trainer:
         return handler()
 
     def _items(self, steps: int) -> int:
-        """Tokens (text) or samples (classification) trained on in ``steps`` steps, all ranks."""
-        return steps * self.recipe.train.batch_size * self.data.items_per_sample(self.recipe.model) * self.world
+        """Tokens (text) or samples (classification) trained on in ``steps`` steps, all data shards."""
+        return (steps * self.recipe.train.batch_size * self.data.items_per_sample(self.recipe.model)
+                * self.state.data_world)
 
-    def summary(self) -> dict:
+    def _total_flops(self, collective: bool = True) -> int:
+        """Measured training FLOPs summed over the ranks (each measures its own steps)."""
+        if not collective:
+            return self.meter.total_flops * self.world
+        return int(distributed.sum_tensor(torch.tensor([float(self.meter.total_flops)], dtype=torch.float64)).item())
+
+    def summary(self, collective: bool = True) -> dict:
         t, s = self.recipe.train, self.state
         out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss}
         if s.val_error is not None:
             out.update({"final_val_error": s.val_error, "best_val_error": s.best_val_error})
         out.update(self.test_figures)
-        out.update({"train_flops": self.meter.total_flops * self.world, "wall_seconds": self.seconds,
+        peak = (lambda v: int(distributed.max_value(v))) if collective else int
+        out.update({"train_flops": self._total_flops(collective), "wall_seconds": self.seconds,
                     "eval_seconds": self.eval_seconds,
                     f"{self.data.unit}_per_second": self._items(s.step) / max(self.seconds, 1e-9),
-                    "peak_activation_bytes": self.meter.peak_activation_bytes,
-                    "peak_live_activation_bytes": self.meter.peak_live_activation_bytes, "steps": s.step,
+                    "peak_activation_bytes": peak(self.meter.peak_activation_bytes),
+                    "peak_live_activation_bytes": peak(self.meter.peak_live_activation_bytes),
+                    "steps": s.step,
                     "nonfinite_skipped": self.skipped,
                     "finished": s.step >= t.max_steps, "world_size": self.world,
                     "step_shapes": len(self.meter.flops_by_key), "config": self.recipe.to_dict()})
