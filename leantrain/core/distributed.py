@@ -85,13 +85,13 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
-def broadcast_buffers(module: torch.nn.Module, src: int = 0, group=None) -> None:
-    """Copy rank ``src``'s buffers (e.g. BatchNorm statistics) to the ranks of ``group``, as DDP does
-    each step."""
+def broadcast_tensors(tensors, src: int = 0, group=None) -> None:
+    """Copy rank ``src``'s ``tensors`` (e.g. BatchNorm statistics) to the ranks of ``group``, in place,
+    as DDP does with buffers each step."""
     if not active() or group_size(group) == 1:
         return
     with torch.no_grad():
-        for t in module.buffers():
+        for t in tensors:
             dist.broadcast(t.data, src, group=group)
 
 

@@ -270,6 +270,7 @@ class Trainer:
         rng = {**self.sampler.state(), "torch": torch.get_rng_state()}
         all_rng = distributed.gather(rng)
         data_ranks = distributed.gather(self.state.data_rank)
+        flops = self._total_flops()
         if not self.main or self.out_dir is None:
             return
         tensors = {"model": checkpoint.model_tensors(self.state.model),
@@ -280,7 +281,7 @@ class Trainer:
                 "data_world": self.state.data_world, "data_ranks": data_ranks,
                 "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "val_error": self.state.val_error, "best_val_error": self.state.best_val_error,
-                "flops": self.meter.total_flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
+                "flops": flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
@@ -308,7 +309,7 @@ class Trainer:
         self.sampler.load_state({k[: -len(suffix)]: v for k, v in ckpt.rng.items()
                                  if k.endswith(suffix) and k.startswith("sampler")})
         torch.set_rng_state(ckpt.rng.get(f"torch/rank{self.rank}", ckpt.rng[f"torch/rank{source}"]))
-        self.meter.total_flops = meta["flops"]
+        self.meter.total_flops = meta["flops"] if self.main else 0  # the run's total (summed over ranks)
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
@@ -457,7 +458,8 @@ class Trainer:
         row.update({"lr": s.metrics.pop("lr", lr_at(s.step, t)),
                     "flops": self._total_flops(), "seconds": self.seconds,
                     self.data.unit: self._items(s.step)})
-        row.update(s.metrics)
+        for metrics in reversed(distributed.gather(s.metrics)):  # ranks that ran other parts (pipeline
+            row.update(metrics)                                 # stages) add theirs; rank 0's win
         s.metrics.clear()
         return row
 

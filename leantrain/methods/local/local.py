@@ -29,6 +29,7 @@ from ...measure import forward_flops
 from ...registry import register_method
 from .context import FeatureEncoder, InputEncoder, TokenMap, parse_context
 from .heads import Decoder, LMLocalHead, auglocal_head, conv_head, dgl_head, linear_head, pyramidal_depth, supcon_loss
+from .pipeline import Pipeline
 from .units import UnitView, balanced_cuts, check_cuts, equal_cuts, unit_activation_bytes, unit_view
 
 Variant = Literal["greedy", "dgl", "infopro", "contsup", "auglocal"]
@@ -92,6 +93,13 @@ class LocalConfig:
     each module's gradients early."""
     tie_head: bool = False
     """GPT: tie the local LM heads to the token embedding (then the embedding is shared by every module)."""
+    parallel: Literal["data", "modules"] = "data"
+    """Under torchrun: data (every rank runs every module on its shard of the data) or modules (a
+    pipeline: each rank runs a group of modules and sends its output forward; see pipeline.py)."""
+    replicas: int = 1
+    """parallel: modules — D, the number of data-parallel copies of the pipeline (world = D × stages)."""
+    in_flight: int = 2
+    """parallel: modules — sends a stage may have waiting before it blocks (the pipeline's queue)."""
 
     def resolved(self, key: str):
         value = getattr(self, key)
@@ -108,6 +116,8 @@ class LocalConfig:
         check(self.feature_dim > 0, "feature_dim", "must be positive")
         check(self.temperature > 0, "temperature", "must be positive")
         check(self.aux_depth >= 1, "aux_depth", "must be ≥ 1")
+        check(self.replicas >= 1, "replicas", "must be ≥ 1")
+        check(self.in_flight >= 1, "in_flight", "must be ≥ 1")
         check(0 <= self.aux_tau <= 1, "aux_tau", "must be in [0, 1]")
         for key in ("recon_weights", "task_weights"):
             w = getattr(self, key)
@@ -208,6 +218,15 @@ class LocalModel(nn.Module):
             params += list(self.contexts[k - 1].parameters())
         return params
 
+    def module_buffers(self, k: int) -> list[torch.Tensor]:
+        """Module k's buffers (BatchNorm statistics): its units', head's, decoder's, input encoders'."""
+        start, end = self.bounds(k)
+        mods = [self.view.units[i] for i in range(start, end)]
+        mods += [self.heads[k]] if k < len(self.heads) else []
+        mods += [self.decoders[k]] if k < len(self.decoders) else []
+        mods += [self.contexts[k - 1]] if k > 0 else []
+        return [b for m in mods for b in m.buffers()]
+
     def deployed_parameters(self) -> int:
         """Parameters of the network as deployed: the model and its context encoders (not the heads)."""
         return sum(p.numel() for p in self.base.parameters()) + sum(p.numel() for p in self.contexts.parameters())
@@ -276,6 +295,7 @@ class LocalLearning(Method):
         self.n_classes = 0
         self.bce = False
         self.denormalise: tuple[torch.Tensor, torch.Tensor] | None = None  # (std, mean) for BCE targets
+        self.pipeline: Pipeline | None = None  # parallel: modules
 
     # -- checks -----------------------------------------------------------------------------------
     def check(self, state: State) -> None:
@@ -306,6 +326,17 @@ class LocalLearning(Method):
             if cfg.resolved("update") == "immediate":
                 raise ConfigError("methods.local.update: immediate updates need modules that share no "
                                   "parameters, but a GPT's output head is tied to its token embedding")
+            if cfg.parallel == "modules" and state.world_size > 1:
+                raise ConfigError("methods.local.parallel: a GPT's output head shares the token embedding "
+                                  "with the first module, so its modules cannot live on different ranks")
+        if cfg.parallel == "modules":
+            world = state.world_size
+            if world % cfg.replicas:
+                raise ConfigError(f"methods.local.replicas: {cfg.replicas} does not divide the {world} processes")
+            stages = world // cfg.replicas
+            if stages > K:
+                raise ConfigError(f"methods.local.parallel: {stages} pipeline stages (processes / replicas) "
+                                  f"but only {K} modules; use at least one module per stage")
 
     # -- building -----------------------------------------------------------------------------------
     def setup(self, state: State) -> None:
@@ -322,6 +353,12 @@ class LocalLearning(Method):
             self.denormalise = (state.data.std.to(device), state.data.mean.to(device))
         state.model = build_local_model(state.model, self.cfg, tuple(self.input_shape), self.cuts,
                                         self.n_classes, self.bce)
+        if self.cfg.parallel == "modules" and state.world_size > 1:
+            stages = state.world_size // self.cfg.replicas
+            device = next(state.model.parameters()).device
+            self.pipeline = p = Pipeline(state.model.n_modules, stages, self.cfg.replicas, self.cfg.in_flight, device)
+            state.data_rank, state.data_world = p.replica, self.cfg.replicas
+            state.step_group, state.report_weight = p.group, 1.0 if p.last_stage else 0.0
 
     def _resolve_cuts(self, state: State) -> list[int]:
         cfg = self.cfg
@@ -360,10 +397,19 @@ class LocalLearning(Method):
     def training_step(self, state: State, model, x, y):
         lm: LocalModel = state.model
         immediate = self.cfg.resolved("update") == "immediate"
+        K, pipe = lm.n_modules, self.pipeline
+        first, end = (pipe.first, pipe.end) if pipe else (0, K)
+        group = pipe.group if pipe else None
         h, inputs, memo = x, [x], {}
-        K = lm.n_modules
+        if first > 0:  # a later pipeline stage: the previous stage's output (and what contexts read)
+            out, *received = pipe.recv()
+            if lm.use_e and lm.view.kind == "tokens":
+                memo["embedding"] = received.pop()
+            inputs += received
+            h = lm.supply(first - 1, out, x, inputs, memo)
+            inputs.append(h.detach())
         finite = True
-        for k in range(K):
+        for k in range(first, end):
             out = lm.run_module(k, h, memo)
             if k < K - 1:
                 loss = self.local_loss(lm, k, out, x, y)
@@ -372,28 +418,32 @@ class LocalLearning(Method):
             loss.backward()  # this module's graph is freed here
             state.log(f"local/loss{k}", float(loss.detach()))
             if immediate:
-                finite &= self._update(state, lm, k, loss)
-            if k < K - 1:
+                finite &= self._update(state, lm, k, loss, group)
+            if k < end - 1:
                 h = lm.supply(k, out, x, inputs, memo)
                 inputs.append(h.detach())
+        if end < K:  # send forward what the next stage needs, and go on
+            pipe.send([out, *inputs[1:], *([memo["embedding"]] if "embedding" in memo and lm.use_e else [])])
         if not immediate:
-            distributed.average_gradients(lm.parameters())
-            for k in range(K):
+            mine = [p for k in range(first, end) for p in lm.module_parameters(k)]
+            distributed.average_gradients(mine, group)
+            for k in range(first, end):
                 self._clip(state, lm.module_parameters(k))
-        if distributed.active():  # BatchNorm statistics: rank 0's, as DDP keeps them
-            distributed.broadcast_buffers(lm)
+        if distributed.active():  # BatchNorm statistics: the first replica's, as DDP keeps them
+            buffers = [b for k in range(first, end) for b in lm.module_buffers(k)]
+            distributed.broadcast_tensors(buffers, src=pipe.stage if pipe else 0, group=group)
         return loss.detach() if finite else loss.detach() * float("nan")
 
     def _clip(self, state: State, params) -> None:
         if state.recipe.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], state.recipe.train.grad_clip)
 
-    def _update(self, state: State, lm: LocalModel, k: int, loss: torch.Tensor) -> bool:
+    def _update(self, state: State, lm: LocalModel, k: int, loss: torch.Tensor, group=None) -> bool:
         """DGL: average, clip and step module k's parameters now (the others have no gradients yet);
-        nothing is stepped on a non-finite loss (every rank agrees), the trainer then stops or skips."""
+        nothing is stepped on a non-finite loss (every replica agrees), the trainer then stops or skips."""
         params = lm.module_parameters(k)
-        distributed.average_gradients(params)
-        ok = bool(distributed.sum_tensor(torch.tensor([float(not torch.isfinite(loss))])).item() == 0)
+        distributed.average_gradients(params, group)
+        ok = bool(distributed.sum_tensor(torch.tensor([float(not torch.isfinite(loss))]), group).item() == 0)
         if ok:
             self._clip(state, params)
             state.optimizer.step()
@@ -402,6 +452,9 @@ class LocalLearning(Method):
 
     # -- reporting ----------------------------------------------------------------------------------
     def on_event(self, event: Event, state: State) -> None:
+        if self.pipeline is not None and event in (Event.EVAL_START, Event.CHECKPOINT):
+            # every rank gets the whole network (and for a checkpoint its optimizer state) from the owners
+            self.pipeline.share_modules(state.model, state.optimizer if event is Event.CHECKPOINT else None)
         if event is Event.FIT_START:
             lm: LocalModel = state.model
             shape = self.input_shape
