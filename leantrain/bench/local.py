@@ -15,11 +15,24 @@ beyond the seed spread, otherwise nothing else is judged.
 
 Suite ``gpt`` [beyond the papers]: the char GPT on the bundled corpus, end to end against greedy and
 ContSup (E, R1E) at K = 2 and 4: whole-split validation loss and peak live memory.
+
+``--parallel``: module-parallel training (a 2-stage pipeline under torchrun, one thread per process)
+against one process with one thread and one process with two threads, on the ResNet-32 MNIST-1D
+recipe with greedy local learning at K = 2, cut where the measured forward + backward time of the
+units is balanced (measured once, the same cut for every run). Runs are separate processes,
+interleaved per round; throughput is samples per second of training (the slowest rank's training
+time; evaluation only at the start and the end). The losses of the pipeline and of one process are
+compared row by row.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -50,7 +63,7 @@ def resnet_recipe(steps: int, threads: int, local: dict | None = None) -> dict:
             "model": {"name": "resnet", "depth": 32, "width": REGIME["width"]},
             "train": {"max_steps": steps, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "min_lr": 0.0,
                       "warmup_steps": steps // 20, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-                      "grad_clip": 0.0, "eval_interval": steps // 6, "log_interval": steps // 6, "threads": threads},
+                      "grad_clip": 1.0, "eval_interval": steps // 6, "log_interval": steps // 6, "threads": threads},
             "methods": [{"name": "local", **local}] if local else []}
 
 
@@ -264,8 +277,116 @@ def run_gpt(args, steps: int, seeds) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------- --parallel
+PAR_STEPS = {"full": 360, "quick": 60}
+PAR_MODES = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2-stage pipeline, 1 thread each", 2, 1))
+
+
+def parallel_recipe(steps: int, threads: int, cuts: list[int], parallel: str) -> dict:
+    recipe_file = Path(__file__).resolve().parents[2] / "recipes" / "resnet32_mnist1d.yaml"
+    import yaml
+    r = yaml.safe_load(recipe_file.read_text())
+    r["train"].update({"max_steps": steps, "warmup_steps": steps // 20, "eval_interval": steps,
+                       "log_interval": steps // 6, "threads": threads})
+    r["methods"] = [{"name": "local", "variant": "greedy", "cuts": cuts, "parallel": parallel}]
+    return r
+
+
+def balanced_cut(steps: int) -> tuple[list[int], list[float]]:
+    """The K = 2 cut that balances measured forward + backward time of the recipe's units (one thread)."""
+    from ..core import Trainer
+    from ..methods.local.units import balanced_cuts, unit_seconds, unit_view
+    from ..recipe import Recipe
+    torch.set_num_threads(1)
+    r = Recipe.from_dict(parallel_recipe(steps, 1, [7], "data") | {"methods": []})
+    t = Trainer(r, None, verbose=False, progress=False)
+    x, _ = t.sampler.next()
+    view = unit_view(t.state.model, tuple(t.data.info().input_shape))
+    seconds = statistics.median_high([tuple(unit_seconds(view, x)) for _ in range(3)])
+    return balanced_cuts(list(seconds), 2), list(seconds)
+
+
+def run_mode(recipe: dict, nproc: int, threads: int, out: Path) -> dict:
+    f = out.with_suffix(".yaml")
+    import yaml
+    f.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    train = ["-m", "leantrain", "train", "--recipe", str(f), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, *train] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode:
+        from ..errors import LeantrainError
+        raise LeantrainError(f"a --parallel run failed ({' '.join(cmd[-8:])}): {p.stderr.strip().splitlines()[-1:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"summary": json.loads((out / "summary.json").read_text()), "rows": rows}
+
+
+def run_parallel(args, rounds: int) -> str:
+    mode = "quick" if args.quick else "full"
+    steps = PAR_STEPS[mode]
+    cuts, unit_s = balanced_cut(steps)
+    stderr_log(f"local --parallel: cut after unit {cuts[0]} (measured unit seconds {[round(u * 1e3, 2) for u in unit_s]} ms); "
+               f"{len(PAR_MODES)} modes × {rounds} round(s), {steps} steps")
+    results: dict[str, list[dict]] = {m: [] for m, _, _ in PAR_MODES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            for name, nproc, threads in PAR_MODES:
+                recipe = parallel_recipe(steps, threads, cuts, "modules" if nproc > 1 else "data")
+                res = run_mode(recipe, nproc, threads, Path(tmp) / f"r{rnd}_{nproc}_{threads}")
+                results[name].append(res)
+                stderr_log(f"  round {rnd + 1}: {name}: {res['summary']['samples_per_second']:.0f} samples/s")
+    base = PAR_MODES[0][0]
+    sps = {m: [r["summary"]["samples_per_second"] for r in rs] for m, rs in results.items()}
+    ratio = {m: statistics.median(a / b for a, b in zip(sps[m], sps[base])) for m in sps}
+    one, pipe = results[base][0]["rows"], results[PAR_MODES[2][0]][0]["rows"]
+    keys = ("train_loss", "val_loss", "val_error", "local/loss0", "local/loss1")
+    identical = all([r.get(k) for r in one] == [r.get(k) for r in pipe] for k in keys)
+    cmd = f"leantrain bench local --parallel{' --quick' if args.quick else ''} --seeds {rounds}"
+    goal = ratio[PAR_MODES[2][0]] >= 1.6 and ratio[PAR_MODES[2][0]] > ratio[PAR_MODES[1][0]]
+    lines = ["# leantrain bench local --parallel", "", f"Command: `{cmd}`", "",
+             *(["**--quick: short runs — a smoke test, not a result.**", ""] if args.quick else []),
+             f"ResNet-32 (1-D) on MNIST-1D (recipes/resnet32_mnist1d.yaml, {steps} steps of batch 128), greedy "
+             f"local learning at K = 2, cut after unit {cuts[0]} of 16 (the cut balancing the units' measured "
+             "forward + backward time on one thread). Each mode is a separate process (or a torchrun job), "
+             f"interleaved per round, {rounds} round(s); throughput = training samples per second (the slowest "
+             "rank's training time; evaluation only at the start and the end).", "",
+             "| mode | samples/s (median) | × 1 process, 1 thread (median of per-round ratios) |", "|---|---|---|",
+             *[f"| {m} | {statistics.median(sps[m]):.0f} | {ratio[m]:.2f}× |" for m, _, _ in PAR_MODES], "",
+             f"Losses of the pipeline vs one process (train, validation, every module's local loss, every "
+             f"metrics row): **{'identical, bit for bit' if identical else 'NOT identical'}**.", "",
+             f"Goal (≥ 1.6× one process with one thread, and faster than one process with two threads, with the "
+             f"same losses): **{'met' if goal and identical else 'not met'}**.", "", "Plot: `parallel_losses.png`."]
+    _plot_parallel(args.out / "parallel_losses.png", one, pipe)
+    rows = [{"suite": "local_parallel", "mode": m, "round": i, "samples_per_second": v, "cuts": cuts,
+             "config": parallel_recipe(steps, t, cuts, "modules" if n > 1 else "data")}
+            for m, n, t in PAR_MODES for i, v in enumerate(sps[m])]
+    write_outputs(args.out, rows, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_parallel(path: Path, one: list[dict], pipe: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, rows, title in ((axes[0], one, "one process"), (axes[1], pipe, "2-stage pipeline")):
+        for key in ("train_loss", "local/loss0"):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            ax.plot(*zip(*pts), marker=".", label=key)
+        ax.set(title=title, xlabel="step", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _add_args(p) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run (default 1)")
+    p.add_argument("--parallel", action="store_true",
+                   help="module-parallel throughput: a 2-stage pipeline vs one process with 1 and 2 threads "
+                   "(--seeds = rounds)")
     p.add_argument("--suite", choices=["resnet", "gpt"], default="resnet",
                    help="resnet: ResNet-32 on MNIST-1D, every variant at K = 2..16 (default); gpt: the char GPT "
                    "at K = 2, 4")
@@ -276,7 +397,9 @@ def _add_args(p) -> None:
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     seeds = seeds_for(args)
-    if args.suite == "gpt":
+    if args.parallel:
+        text = run_parallel(args, len(seeds))
+    elif args.suite == "gpt":
         text = run_gpt(args, 300 if args.quick else 1500, seeds)
     else:
         steps = REGIME["quick_steps"] if args.quick else REGIME["steps"]

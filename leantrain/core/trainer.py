@@ -568,9 +568,10 @@ class Trainer:
             out.update({"final_val_error": s.val_error, "best_val_error": s.best_val_error})
         out.update(self.test_figures)
         peak = (lambda v: int(distributed.max_value(v))) if collective else int
-        out.update({"train_flops": self._total_flops(collective), "wall_seconds": self.seconds,
+        seconds = distributed.max_value(self.seconds) if collective else self.seconds  # the slowest rank's
+        out.update({"train_flops": self._total_flops(collective), "wall_seconds": seconds,
                     "eval_seconds": self.eval_seconds,
-                    f"{self.data.unit}_per_second": self._items(s.step) / max(self.seconds, 1e-9),
+                    f"{self.data.unit}_per_second": self._items(s.step) / max(seconds, 1e-9),
                     "peak_activation_bytes": peak(self.meter.peak_activation_bytes),
                     "peak_live_activation_bytes": peak(self.meter.peak_live_activation_bytes),
                     "steps": s.step,

@@ -30,7 +30,8 @@ from ...registry import register_method
 from .context import FeatureEncoder, InputEncoder, TokenMap, parse_context
 from .heads import Decoder, LMLocalHead, auglocal_head, conv_head, dgl_head, linear_head, pyramidal_depth, supcon_loss
 from .pipeline import Pipeline
-from .units import UnitView, balanced_cuts, check_cuts, equal_cuts, unit_activation_bytes, unit_view
+from .units import (UnitView, balanced_cuts, check_cuts, equal_cuts, unit_activation_bytes, unit_seconds,
+                    unit_view)
 
 Variant = Literal["greedy", "dgl", "infopro", "contsup", "auglocal"]
 
@@ -62,7 +63,8 @@ class LocalConfig:
     explicit cuts."""
     cuts: str | list[int] = "equal"
     """equal (equal numbers of units, the reference split), memory (balanced by measured activation
-    bytes per unit), or the unit indices after which modules end (increasing)."""
+    bytes per unit), compute (balanced by measured forward + backward time per unit: for pipelines),
+    or the unit indices after which modules end (increasing)."""
     head: Literal["auto", "linear", "1c2f", "dgl", "augmented"] = "auto"
     """Local head: linear (GAP + FC), 1c2f (conv + BN + ReLU, GAP, two FC), dgl (DGL's auxiliary net),
     augmented (AugLocal: copies of later layers). A GPT always uses LayerNorm + LM head."""
@@ -108,8 +110,8 @@ class LocalConfig:
     def validate(self) -> None:
         check(self.modules is None or self.modules >= 1, "modules", f"must be ≥ 1, got {self.modules}")
         if isinstance(self.cuts, str):
-            check(self.cuts in ("equal", "memory"), "cuts",
-                  f"must be equal, memory or a list of unit indices, got {self.cuts!r}")
+            check(self.cuts in ("equal", "memory", "compute"), "cuts",
+                  f"must be equal, memory, compute or a list of unit indices, got {self.cuts!r}")
         else:
             check(self.modules in (None, len(self.cuts) + 1), "modules",
                   f"{self.modules} modules, but cuts lists {len(self.cuts)} cut(s) ({len(self.cuts) + 1} modules)")
@@ -369,7 +371,10 @@ class LocalLearning(Method):
             return equal_cuts(view.n_cuttable, cfg.k)
         x, _ = state.data.eval_batches("train", state.recipe.train.batch_size, state.recipe.model,
                                        whole=False, n_batches=1)[0]
-        return balanced_cuts(unit_activation_bytes(view, x[: state.recipe.train.batch_size]), cfg.k)
+        x = x[: state.recipe.train.batch_size].to(next(state.model.parameters()).device)
+        cost = unit_activation_bytes(view, x) if cfg.cuts == "memory" else unit_seconds(view, x)
+        # measured costs can differ between ranks: every rank takes rank 0's cuts
+        return distributed.broadcast(balanced_cuts(cost, cfg.k))
 
     # -- the step -----------------------------------------------------------------------------------
     def weights(self, k: int) -> tuple[float, float]:

@@ -126,6 +126,27 @@ def unit_activation_bytes(view: UnitView, x: torch.Tensor) -> list[int]:
     return out
 
 
+def unit_seconds(view: UnitView, x: torch.Tensor, repeats: int = 5) -> list[float]:
+    """Median seconds of each cuttable unit's forward + backward on batch ``x`` (measured in isolation):
+    the cost a pipeline stage pays, overheads included."""
+    import statistics
+    import time
+    out, h = [], x
+    for unit in view.units[:-1]:
+        h = h.detach().requires_grad_(h.is_floating_point())
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            y = unit(h)
+            y.float().sum().backward()
+            times.append(time.perf_counter() - t0)
+        for p in unit.parameters():
+            p.grad = None
+        out.append(statistics.median(times))
+        h = y
+    return out
+
+
 def check_cuts(cuts: Sequence[int], n_units: int) -> None:
     if any(not 0 <= c < n_units - 1 for c in cuts):
         bad = next(c for c in cuts if not 0 <= c < n_units - 1)
