@@ -1,4 +1,6 @@
-"""``leantrain`` command line: train, evaluate, sample, methods, export, pool, bench. Bad input exits 2 with one line."""
+"""``leantrain`` command line: train, evaluate, sample, methods, export, pool, bench.
+
+Bad input exits 2 with one line."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
-"""Run under torchrun by test_stitching_methods.py: snnet on the tiny recipe, each rank writing the
-configuration it trained at every step to ``<out>/configs_rank<r>_<phase>.json``."""
+"""Run under torchrun by test_stitching_methods.py: one stitching method on the tiny recipe, each rank
+writing the configuration it trained at every step (family methods) and its parameters' sums to
+``<out>/configs_rank<r>_<phase>.json`` / ``<out>/params_rank<r>_<phase>.json``."""
 import json
 import sys
 from pathlib import Path
@@ -20,15 +21,17 @@ class RecordConfigs(Method):
         self.configs = {}
 
     def on_event(self, event, state):
-        if event is Event.STEP_START:
+        if event is Event.STEP_START and hasattr(state.model, "active"):
             self.configs[state.step] = state.model.active
 
 
-out, options, until, resume, phase = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out, recipe, until, resume, phase = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 recorder = RecordConfigs()
-recipe = Recipe.from_dict(tiny(methods=[{"name": "snnet", **options}]))
+recipe = Recipe.from_dict(tiny(**recipe))
 trainer = Trainer(recipe, out, methods=[recorder], resume=None if resume == "-" else resume, verbose=False,
                   progress=False)
 trainer.fit(until=None if until == "-" else int(until))
 (out / f"configs_rank{trainer.rank}_{phase}.json").write_text(json.dumps(recorder.configs))
+sums = {name: p.detach().double().sum().item() for name, p in trainer.state.model.named_parameters()}
+(out / f"params_rank{trainer.rank}_{phase}.json").write_text(json.dumps(sums))
 distributed.exit_worker(0)

@@ -170,27 +170,45 @@ def test_learngene_distillation_trains_its_projections_and_the_pool_starts_from_
     assert state["eval_config"] == 1  # the widest auxiliary alone
 
 
+def torchrun_worker(out, recipe: dict, until="-", resume="-", phase="run"):
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "tests" / "ddp_stitching_worker.py"), str(out), json.dumps(recipe), until,
+                        str(resume), phase], capture_output=True, text=True, cwd=ROOT, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def rank_files(out, kind: str, phase: str) -> list[dict]:
+    return [json.loads((out / f"{kind}_rank{rank}_{phase}.json").read_text()) for rank in (0, 1)]
+
+
 @pytest.mark.slow
 def test_configuration_sampling_is_identical_across_ranks_and_on_resume_under_torchrun(sources, tmp_path):
-    options = {"anchors": [sources["a16"], sources["a32"]], "final_eval": "fixed"}
-    worker = ROOT / "tests" / "ddp_stitching_worker.py"
+    recipe = {"methods": [{"name": "snnet", "anchors": [sources["a16"], sources["a32"]], "final_eval": "fixed"}]}
     out = tmp_path / "run"
-    for until, resume, phase in (("3", "-", "part"), ("-", out, "resumed")):
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            str(worker), str(out), json.dumps(options), until, str(resume), phase],
-                           capture_output=True, text=True, cwd=ROOT, timeout=240,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-        assert p.returncode == 0, p.stderr[-3000:]
-    seen = {}
-    for rank in (0, 1):
-        seen[rank] = {int(k): v for phase in ("part", "resumed")
-                      for k, v in json.loads((out / f"configs_rank{rank}_{phase}.json").read_text()).items()}
+    torchrun_worker(out, recipe, until="3", phase="part")
+    torchrun_worker(out, recipe, resume=out, phase="resumed")
+    seen = [{int(k): v for phase in ("part", "resumed") for k, v in rank_files(out, "configs", phase)[rank].items()}
+            for rank in (0, 1)]
     assert seen[0] == seen[1]
     meta = checkpoint.read_meta(out)
     state = meta["methods"][0]["state"]
     assert meta["world_size"] == 2 and meta["step"] == 12
     assert [seen[0][s] for s in range(12)] == [sample_config(state["bins"], 1337, s) for s in range(12)]
     assert len(state["final"]["losses"]) == 12
+    a, b = rank_files(out, "params", "resumed")
+    assert a == b  # the replicas stayed identical: each step's gradients were reduced over both ranks
+
+
+@pytest.mark.slow
+def test_distillation_under_torchrun_reduces_the_projections_gradients(sources, tmp_path):
+    recipe = {"model": {"n_layer": 3, "n_embd": 16},
+              "methods": [{"name": "learngene_distill", "ancestry": sources["ancestry"]}]}
+    torchrun_worker(tmp_path / "run", recipe)
+    a, b = rank_files(tmp_path / "run", "params", "run")
+    assert a == b and {"hidden_proj.0.weight", "attn_proj.2.bias"} <= set(a)
+    first = checkpoint.load(tmp_path / "run").model["hidden_proj.0.weight"]
+    assert first.double().sum().item() == a["hidden_proj.0.weight"]
 
 
 # ----------------------------------------------------------------------------------- bad input
