@@ -235,7 +235,11 @@ def _snnet(sources, *anchors, model=None, **options):
      "data ("),
     (lambda s: _snnet(s, "a16", "a16_ctx8"),
      "methods.snnet.anchors[1]: {a16_ctx8} has block_size 8, this recipe's model.block_size is 16"),
-    (lambda s: _snnet(s, "a16", "aux16"), "anchors must be plain gpt runs"),
+    (lambda s: _snnet(s, "a16", "aux16"),
+     "methods.snnet.anchors[1]: {aux16} was trained with learngene_distill, which replaces the model; anchors "
+     "must be plain gpt runs"),
+    (lambda s: tiny(model={"n_embd": 16}, methods=[{"name": "learngene_distill", "ancestry": s["aux32"]}]),
+     "methods.learngene_distill.ancestry: {aux32} was trained with learngene_distill, which replaces the model"),
     (lambda s: {**_snnet(s, "a16", "a32"), "methods": [{"name": "snnet", "anchors": [s["a16"], "/no/such/run"]}]},
      "methods.snnet.anchors[1]: checkpoint not found: /no/such/run"),
     (lambda s: _snnet(s, "a16"), "methods.snnet.anchors: needs at least two anchor run directories, got 1"),

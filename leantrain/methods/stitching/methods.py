@@ -396,7 +396,7 @@ class LearngenePool(FamilyMethod):
         distils, teacher_width = [], None
         for i, path in enumerate(c.auxiliaries):
             key = f"methods.{self.name}.auxiliaries[{i}]"
-            meta = read_source(path, key, state, "auxiliary models")
+            meta = read_source(path, key, state, "auxiliary models", plain=False)
             recorded = method_state(meta, LearngeneDistill.name)
             if recorded is None:
                 names = [m["name"] for m in meta.get("methods", [])]

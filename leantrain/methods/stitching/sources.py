@@ -11,9 +11,14 @@ from ...core.loading import Trained, load_trained
 from ...errors import ConfigError, LeantrainError
 
 
-def read_source(path: str, key: str, state: State, what: str) -> dict:
+WRAPPING = ("snnet", "learngene_pool", "learngene_distill")
+"""Methods whose runs hold a family or a wrapper, not a plain GPT."""
+
+
+def read_source(path: str, key: str, state: State, what: str, plain: bool = True) -> dict:
     """``state.json`` of run ``path`` after checking it fits this run: a ``gpt`` trained on the same
-    data kind and vocabulary, with the recipe's context length. ``key`` names the option in errors."""
+    data kind and vocabulary, with the recipe's context length, and (``plain``) without a method that
+    wraps the model. ``key`` names the option in errors."""
     try:
         meta = checkpoint.read_meta(path)
     except LeantrainError as e:
@@ -29,6 +34,10 @@ def read_source(path: str, key: str, state: State, what: str) -> dict:
     model = recipe.get("model", {})
     if model.get("name", "gpt") != "gpt":
         raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs")
+    wrapped = [m["name"] for m in meta.get("methods", []) if m["name"] in WRAPPING]
+    if plain and wrapped:
+        raise ConfigError(f"{key}: {path} was trained with {wrapped[0]}, which replaces the model; {what} "
+                          "must be plain gpt runs")
     block_size = getattr(state.recipe.model, "block_size", None)
     if model.get("block_size") != block_size:
         raise ConfigError(f"{key}: {path} has block_size {model.get('block_size')}, this recipe's "
