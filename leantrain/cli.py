@@ -1,4 +1,6 @@
-"""``leantrain`` command line: train, evaluate, sample, methods, bench. Bad input exits 2 with one line."""
+"""``leantrain`` command line: train, evaluate, sample, methods, export, pool, bench.
+
+Bad input exits 2 with one line."""
 from __future__ import annotations
 
 import argparse
@@ -196,6 +198,51 @@ def _methods(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write one configuration of a stitched family as a standalone model",
+                       description="Write one configuration of a family trained with snnet or learngene_pool "
+                       "as a standalone stitched_gpt checkpoint: `leantrain sample` and `leantrain evaluate` "
+                       "load it with no pool code. Choose the configuration by id (`leantrain pool list`) or "
+                       "by budget: the lowest end-of-training val loss among those within it.")
+    p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory of the family")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", type=int, metavar="ID", help="configuration id")
+    which.add_argument("--max-flops", type=float, metavar="X",
+                       help="inference FLOPs budget (one forward of block_size tokens, as pool list shows)")
+    which.add_argument("--max-params", type=int, metavar="N", help="parameter budget of the exported model")
+    p.add_argument("--out", type=Path, required=True, help="directory for the exported checkpoint")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .methods.stitching.deploy import export
+    for flag, value in (("--max-flops", args.max_flops), ("--max-params", args.max_params)):
+        if value is not None and not value > 0:
+            raise LeantrainError(f"{flag} must be positive, got {value:g}")
+    got = export(args.ckpt, args.out, args.config, args.max_flops, args.max_params)
+    loss = "" if got["val_loss"] is None else f", val loss {got['val_loss']:.4f}"
+    print(f"exported configuration {got['id']} ({got['route']}): {got['params']:,} parameters, "
+          f"{got['flops']:.3g} FLOPs{loss} -> {args.out}")
+    return 0
+
+
+def _add_pool(sub) -> None:
+    p = sub.add_parser("pool", help="inspect a stitched family (snnet, learngene_pool)")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lp = psub.add_parser("list", help="every configuration: id, route, params, FLOPs, val loss; Pareto front",
+                         description="Print every configuration of a trained family (id, blocks route, "
+                         "parameters, inference FLOPs, end-of-training val loss), mark the Pareto front, "
+                         "count dominated configurations and print the stored parameters.")
+    lp.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory of the family")
+    lp.set_defaults(func=_pool_list)
+
+
+def _pool_list(args) -> int:
+    from .methods.stitching.deploy import pool_list
+    print(pool_list(args.ckpt))
+    return 0
+
+
 def _add_bench(sub) -> None:
     from .bench import BENCHES
     p = sub.add_parser("bench", help="run a benchmark suite (results.json, report.md, plots)")
@@ -223,6 +270,8 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_sample(sub)
     _add_methods(sub)
+    _add_export(sub)
+    _add_pool(sub)
     _add_bench(sub)
     return p
 

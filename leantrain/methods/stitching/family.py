@@ -190,6 +190,11 @@ class StitchedFamily(nn.Module):
         model.lm_head.weight.copy_(last.lm_head.weight)  # tied: the same matrix as wte, copied once more
         return model
 
+    def generate(self, *args, **kwargs):
+        """Sample from the active configuration (after loading a run: its ``eval_config``), through a
+        standalone copy of it."""
+        return self.materialize(self.active).eval().generate(*args, **kwargs)
+
     # -- accounting ------------------------------------------------------------------------------
     def config_params(self, config_id: int) -> int:
         """Parameters of the exported model of ``config_id`` (a tied head counted once)."""

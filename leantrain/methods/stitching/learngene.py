@@ -129,6 +129,14 @@ class LearngeneDistillation(nn.Module):
                       {"ce": ce, "soft_ce": soft, "hidden_mse": hidden, "attn_mse": attn}.items()}
         return logits, loss
 
+    def shape_key(self) -> tuple:
+        """What determines a training step's FLOPs besides the batch shape (the teacher is fixed per run)."""
+        return ("learngene_distill", *self.student.shape_key())
+
+    def generate(self, *args, **kwargs):
+        """Sample from the student (``leantrain sample`` on a distillation run)."""
+        return self.student.generate(*args, **kwargs)
+
     def stitch_projections(self) -> list[torch.Tensor]:
         """The hidden-state projection weights (C_student × D_teacher) for the learned stitch init."""
         return [p.weight.detach() for p in self.hidden_proj]

@@ -1,0 +1,68 @@
+"""The trained runs a family is built from (SN-Net anchors, Learngene auxiliaries, the ancestry):
+checked against the run before anything is loaded, loaded with :func:`leantrain.core.loading.load_trained`,
+and recorded by checkpoint identity so a run that reloads one later (a teacher on resume) can tell
+whether it changed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...core import State, checkpoint
+from ...core.loading import Trained, load_trained
+from ...errors import ConfigError, LeantrainError
+
+
+WRAPPING = ("snnet", "learngene_pool", "learngene_distill")
+"""Methods whose runs hold a family or a wrapper, not a plain GPT."""
+
+
+def read_source(path: str, key: str, state: State, what: str, plain: bool = True) -> dict:
+    """``state.json`` of run ``path`` after checking it fits this run: a ``gpt`` trained on the same
+    data kind and vocabulary, with the recipe's context length, and (``plain``) without a method that
+    wraps the model. ``key`` names the option in errors."""
+    try:
+        meta = checkpoint.read_meta(path)
+    except LeantrainError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    recipe = meta["recipe"]
+    data = recipe.get("data", {}).get("name", "text")
+    if data != state.recipe.data_name:
+        raise ConfigError(f"{key}: {path} was trained on data {data!r}; this run has {state.recipe.data_name!r}")
+    theirs, ours = meta.get("vocab"), state.data.meta().get("vocab")
+    if theirs != ours:
+        raise ConfigError(f"{key}: {path} was trained on another vocabulary ({len(theirs or [])} tokens) "
+                          f"than this run's data ({len(ours or [])} tokens)")
+    model = recipe.get("model", {})
+    if model.get("name", "gpt") != "gpt":
+        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs")
+    wrapped = [m["name"] for m in meta.get("methods", []) if m["name"] in WRAPPING]
+    if plain and wrapped:
+        raise ConfigError(f"{key}: {path} was trained with {wrapped[0]}, which replaces the model; {what} "
+                          "must be plain gpt runs")
+    block_size = getattr(state.recipe.model, "block_size", None)
+    if model.get("block_size") != block_size:
+        raise ConfigError(f"{key}: {path} has block_size {model.get('block_size')}, this recipe's "
+                          f"model.block_size is {block_size}; set model.block_size: {model.get('block_size')}")
+    return meta
+
+
+def identity(path: str, meta: dict) -> dict:
+    """Where a source run is and which checkpoint of it was used (its model file's SHA-256)."""
+    return {"run": str(Path(path).resolve()), "step": meta["step"], "model_sha256": meta["sha256"]["model"]}
+
+
+def method_state(meta: dict, name: str) -> dict | None:
+    """The JSON state method ``name`` saved in a checkpoint's meta, or None if the run had no such method."""
+    return next((m["state"] for m in meta.get("methods", []) if m["name"] == name), None)
+
+
+def load_recorded(ident: dict, key: str) -> Trained:
+    """Load the run ``ident`` records, refusing it if its checkpoint is no longer the one recorded."""
+    try:
+        trained = load_trained(ident["run"])
+    except LeantrainError as e:
+        raise LeantrainError(f"{key}: {e}") from None
+    meta = trained.ckpt.meta
+    if meta["sha256"]["model"] != ident["model_sha256"]:
+        raise LeantrainError(f"{key}: {ident['run']} changed since this run started (its checkpoint was "
+                             f"step {ident['step']}, now step {meta['step']} with other weights)")
+    return trained
