@@ -123,6 +123,9 @@ def test_export_equals_the_configuration_inside_the_family_and_loads_without_poo
     assert code == 0 and json.loads(out)["val_loss"] == pytest.approx(inside.loss, abs=1e-9)
     code, out, _ = cli(capsys, "sample", "--ckpt", tmp_path / "e7", "--prompt", "ROMEO", "--tokens", "10")
     assert code == 0 and out.startswith("ROMEO") and len(out.rstrip("\n")) == 15
+    # an export holds no training state: resuming it is a one-line error, nothing is written
+    code, _, err = cli(capsys, "train", "--resume", tmp_path / "e7")
+    assert code == 2 and "holds no training state (an exported model)" in err and len(err.strip().splitlines()) == 1
 
     # A budget picks the lowest end-of-training loss among the configurations within it.
     rows = fr.rows()

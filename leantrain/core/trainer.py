@@ -166,6 +166,9 @@ class Trainer:
                                       whole=not fixed, n_batches=t.eval_iters)
 
     def _check_compatible(self, ckpt: checkpoint.Checkpoint) -> None:
+        if not any(k.startswith("torch/") for k in ckpt.rng):
+            raise LeantrainError(f"checkpoint {ckpt.path} holds no training state (an exported model): "
+                                 "evaluate or sample it, or start a run from it")
         saved_data = ckpt.meta["recipe"].get("data", {}).get("name", "text")
         if saved_data != self.recipe.data_name:
             raise LeantrainError(f"checkpoint {ckpt.path} was trained on data {saved_data!r}; the recipe "
