@@ -272,8 +272,9 @@ def difference(rows: list[dict], method: str, baseline: str, key: str = "final_v
 
 
 NOISE_RULE = ("Differences are called only when they exceed both noise measures: twice the evaluation "
-              "standard error of the mean paired difference (from the per-window losses of the whole "
-              "split) and the std over seeds of the paired differences; otherwise: \"no difference "
+              "standard error of the mean paired difference (√(SE_a² + SE_b²) per seed from the per-window "
+              "or per-sample values of the whole split — conservative, as both runs are scored on the same "
+              "samples) and the std over seeds of the paired differences; otherwise: \"no difference "
               "measurable here\".")
 
 
