@@ -5,6 +5,22 @@ uninterrupted run. Add one entry per registered method: name -> recipe `methods:
 function ``(tmp_path) -> options`` for a method that needs something made first (e.g. a trained
 source run to grow from); ``options_for`` resolves either.
 """
+
+
+def grow_settings(tmp_path) -> dict:
+    """Mango growing a trained 2-block, 1-head, 16-dim source (head size 16, the tiny target's) into the
+    tiny recipe's 4 × 32 model; the operator phase ends after step 7, so the resume at step 5 is mid-phase
+    (tests/test_grow.py resumes after it)."""
+    from leantrain import Recipe, Trainer
+
+    from .conftest import tiny
+    source = tmp_path / "grow_source"
+    Trainer(Recipe.from_dict(tiny(model={"n_layer": 2, "n_head": 1, "n_embd": 16}, train={"max_steps": 6})),
+            source, verbose=False, progress=False).fit()
+    return {"source": str(source), "operator": "mango", "rank": 2, "operator_steps": 7, "operator_lr": 0.01,
+            "operator_warmup": 2, "eval_after_growth": False}
+
+
 SETTINGS: dict[str, dict] = {
     # progressive/: 4 blocks, 12 steps; every stage boundary and the stacking growth (steps 4, 8)
     # fall on both sides of the resume point.
@@ -17,6 +33,8 @@ SETTINGS: dict[str, dict] = {
     # over a linear depth profile, with attention dropout on its own cosine schedule.
     "dynamic_dropout": {"schedule": "validation", "delta": 0.05, "depth_profile": "linear",
                         "sites": {"attention": {"schedule": "cosine", "p0": 0.2}}},
+    # growth/: Mango (rank 2) from a source trained first, operator phase across the resume point.
+    "grow": grow_settings,
 }
 
 

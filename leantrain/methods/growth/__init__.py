@@ -11,8 +11,10 @@ from .layout import (GrowthOperator, WidthMaps, build_model, check_growth, copy_
 from .ligo import LiGOOperator
 from .mango import MangoOperator, from_blocks, mango_maps, to_blocks, tr_mpo
 from .msg import MSGGrowth, MSGMasks, carry_adam_state, masked_layer_norm, msg_grow, ramp_value
+from .phase import OperatorPhase
+from .grow import Grow, GrowConfig  # noqa: E402 — registers the method
 
-__all__ = ["stackbert", "gstack", "fpi", "aki", "net2net", "copy_width", "stack_depth", "stack_order",
+__all__ = ["Grow", "GrowConfig", "OperatorPhase", "stackbert", "gstack", "fpi", "aki", "net2net", "copy_width", "stack_depth", "stack_order",
            "msg_grow", "MSGGrowth", "MSGMasks", "ramp_value", "masked_layer_norm", "carry_adam_state",
            "MangoOperator", "LiGOOperator", "GrowthOperator", "tr_mpo", "to_blocks", "from_blocks", "mango_maps",
            "WidthMaps", "copy_maps", "unit_map", "check_growth", "build_model", "load_tensors",
