@@ -104,6 +104,8 @@ def test_every_operator_grows_a_trained_run_and_accounts_for_its_cost(text, sour
     shapes = t.meter.flops_by_key
     if operator in ("mango", "ligo"):  # operator steps measured apart from target steps, and dearer
         assert len(shapes) == 2 and max(shapes.values()) > min(shapes.values())
+        k = options["operator_steps"]  # then the target's warm-up (train.warmup_steps = 2) scales the run's lr
+        assert [r.get("grow/lr_scale") for r in rows[1:]] == [None] * k + [1 / 3, 2 / 3] + [None] * (4 - k)
         assert rows[0]["grow/operator_parameters"] == sum(
             p.numel() for p in Grow(GrowConfig(**{"source": "x", "operator": operator, **options}))._operator(
                 load_trained(sources[source]).model, t.state.model.config, torch.Generator()).parameters())

@@ -46,7 +46,7 @@ DEFAULT_OPERATOR_STEPS = 100
 # Options that only some operators read: giving one a non-default value for another operator is an
 # error rather than silently ignored.
 APPLIES = {"operator_steps": TRAINED, "operator_lr": TRAINED, "operator_warmup": TRAINED,
-           "operator_weight_decay": TRAINED, "rank": ("mango",), "noise": tuple(NOISE),
+           "operator_weight_decay": TRAINED, "target_warmup": TRAINED, "rank": ("mango",), "noise": tuple(NOISE),
            "mapping": ("mango", "fpi", "aki", "net2net"), "depth_init": ("ligo",), "width_init": ("ligo",),
            "new_blocks": ("msg",), "init_std": ("msg",), "ramp_steps": ("msg",), "g": ("gstack",)}
 
@@ -70,6 +70,11 @@ class GrowConfig:
     operator_weight_decay: float = 0.0
     """mango, ligo: AdamW weight decay on the operator (decay would shrink the copy the operator
     starts from, i.e. every target weight; LiGO's reference used 0.1)."""
+    target_warmup: int | None = None
+    """mango, ligo: after the operator phase the target starts with fresh AdamW moments, but the run's
+    learning-rate warm-up was spent on the operator; the run's learning rate is therefore multiplied
+    by a linear ramp from 0 to 1 over this many steps after the phase [ours]. null = train.warmup_steps;
+    0 = none."""
     rank: int = 1
     """mango: ring rank R of the TR-MPO cores (R×n×m×R); operator parameters grow ≈ R², the
     contraction's cost ≈ R³ (R = 4 costs ≈ 4 target steps per operator step at 4×64 → 8×128)."""
@@ -115,6 +120,8 @@ class GrowConfig:
         check(self.operator_lr > 0, "operator_lr", f"must be positive, got {self.operator_lr}")
         check(self.operator_warmup >= 0, "operator_warmup", f"must be ≥ 0, got {self.operator_warmup}")
         check(self.operator_weight_decay >= 0, "operator_weight_decay", "must be ≥ 0")
+        check(self.target_warmup is None or self.target_warmup >= 0, "target_warmup",
+              f"must be ≥ 0, got {self.target_warmup}")
         check(self.rank >= 1, "rank", f"must be ≥ 1, got {self.rank}")
         check(self.noise is None or self.noise >= 0, "noise", f"must be ≥ 0, got {self.noise}")
         check(self.init_std > 0, "init_std", f"must be positive, got {self.init_std}")
@@ -312,6 +319,8 @@ class Grow(Method):
             self._start(state)
         elif event is Event.STEP_START:
             self._step_start(state)
+        elif event is Event.AFTER_BACKWARD:
+            self._rewarm(state)
         elif event in (Event.EVAL_START, Event.FIT_END) and self.phase is not None:
             self.phase.sync(state.model)  # evaluations (and the final checkpoint) see the operator's target
 
@@ -358,6 +367,23 @@ class Grow(Method):
                 state.log("grow/mask", c)
         if self.phase is None and self.masks is None:
             state.log("grow/phase", "target")
+
+    def target_lr_scale(self, state: State) -> float:
+        """The factor on the run's learning rate at this step: the target's warm-up after the phase."""
+        k = self.cfg.phase_steps
+        warm = state.recipe.train.warmup_steps if self.cfg.target_warmup is None else self.cfg.target_warmup
+        if self.cfg.operator not in TRAINED or not k <= state.step < k + warm:
+            return 1.0
+        return (state.step - k + 1) / (warm + 1)
+
+    def _rewarm(self, state: State) -> None:
+        # The trainer set this step's learning rate before the forward and steps the optimizer after
+        # this event; it sets the rate afresh every step, so the factor never accumulates.
+        scale = self.target_lr_scale(state)
+        if scale < 1.0:
+            for group in state.optimizer.param_groups:
+                group["lr"] *= scale
+            state.log("grow/lr_scale", scale)
 
     def _end_phase(self, state: State) -> None:
         """Write the operator's output into the target; drop the operator, its optimizer and the source;
