@@ -172,8 +172,8 @@ def test_carry_starts_the_target_from_the_sources_adam_moments(text, sources, tm
         moments = t.state.optimizer.state[params[f"blocks.{j}.mlp.c_fc.weight"]]
         assert torch.equal(moments["exp_avg"], old[f"blocks.{j % 2}.mlp.c_fc.weight/exp_avg"])
         assert moments["step"] == old[f"blocks.{j % 2}.mlp.c_fc.weight/step"]
-    reset = Trainer(Recipe.from_dict(recipe(text, {"source": str(sources["same_width"]), "operator": "stackbert"},
-                                            train={"max_steps": 2})), tmp_path / "reset", verbose=False, progress=False)
+    d = recipe(text, {"source": str(sources["same_width"]), "operator": "stackbert"}, train={"max_steps": 2})
+    reset = Trainer(Recipe.from_dict(d), tmp_path / "reset", verbose=False, progress=False)
     reset.dispatch(Event.FIT_START)
     assert not reset.state.optimizer.state
 

@@ -164,8 +164,8 @@ def read_source(path: str, state: State) -> tuple[GPT, dict, dict[str, torch.Ten
         raise bad(f"{path} was trained on data {data!r}, this run uses {state.recipe.data_name!r}")
     ours, theirs = state.data.meta().get("vocab"), meta.get("vocab")
     if ours != theirs:
-        n = "?" if theirs is None else len(theirs)
-        raise bad(f"{path} was trained on another vocabulary ({n} symbols; this run's data has {len(ours)}, "
+        n = lambda v: "no" if v is None else len(v)  # noqa: E731
+        raise bad(f"{path} was trained on another vocabulary ({n(theirs)} symbols; this run's data has {n(ours)}, "
                   "and the token ids must mean the same)")
     try:
         with torch.random.fork_rng(devices=[]):  # rebuilding the source does not move the run's random stream
@@ -248,8 +248,10 @@ class Grow(Method):
         source, self.source, moments = read_source(cfg.source, state)
         gen = torch.Generator().manual_seed(state.recipe.train.seed)
         if cfg.operator in TRAINED:
-            self.phase = self._new_phase(self._operator(source, target, gen), source_tensors(source), state)
-            self.phase.sync(state.model)
+            device = next(state.model.parameters()).device
+            self.phase = OperatorPhase(self._operator(source, target, gen).to(device), source_tensors(source),
+                                       **self._options)
+            self.phase.sync(state.model)  # the step-0 evaluation scores the operator's initial target
         elif cfg.operator == "msg":
             tensors, growth = msg_grow(source, target, std=cfg.init_std, new_blocks=cfg.new_blocks, generator=gen)
             load_tensors(state.model, tensors)
@@ -274,9 +276,6 @@ class Grow(Method):
                                  generator=gen)
         return LiGOOperator(source, target, depth_init=cfg.depth_init, width_init=cfg.width_init,
                             noise=cfg.init_noise, generator=gen)
-
-    def _new_phase(self, operator: GrowthOperator, source: Tensors, state: State) -> OperatorPhase:
-        return OperatorPhase(operator.to(next(state.model.parameters()).device), source, **self._options)
 
     def _phase_options(self, state: State) -> dict:
         t = state.recipe.train
