@@ -31,7 +31,7 @@ BASELINE = "scratch"
 GROWN = ("mango", "ligo", "fpi", "aki", "net2net", "msg", "stackbert", "gstack")
 BERT2BERT = ("fpi", "aki")
 GOAL_MANGO = 0.60  # Mango saves ≥ 60% of scratch's FLOPs to scratch's final loss (the paper: 76%)
-GOAL_WALL = 0.10   # wall-time saving within 10 points of the FLOP saving
+GOAL_WALL = 0.10   # wall-time saving at most 10 points below the FLOP saving
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,14 @@ TARGET = {"n_layer": 6, "n_head": 8, "n_embd": 128, "block_size": 64, "dropout":
 # Calibrated with 1-seed probes on the shared 2-core machine (sized by steps and FLOPs, not by its noisy
 # clock): scratch's lr 5e-3 beat 2e-3 (final val loss 2.09 vs 2.17 at 800 steps); the grown rows were
 # insensitive between the two (the step at which they reached scratch's final loss moved by ≤ 25 of
-# 800), so every row shares scratch's recipe. 600 steps keep a run near 1.5 minutes on a quiet machine
-# (≈ 90 ms per target step at one thread, plus evaluations) and the suite (9 target runs and 3 sources
-# per seed, 3 seeds) near 40 minutes. Trained operators get 10% of the run, MSG's ramp 40 steps.
+# 800), so every row shares scratch's recipe. Budget: a 6×128 training step took 115 ms at one thread
+# on the quiet machine (inside the trainer), a whole-split evaluation ≈ 5 s; 400 steps keep a grown
+# run near 1.5 minutes (training, 20 fixed-batch evaluations, ~4 whole-split probes) and the suite
+# (9 target runs and 3 sources per seed, 3 seeds) near 40 minutes. Trained operators get 10% of the
+# run; MSG's ramp and the warm-up 30 steps.
 FULL = Setting(target=TARGET, source={**TARGET, "n_layer": 4, "n_head": 4, "n_embd": 64},
                depth_sources={"stackbert": {**TARGET, "n_layer": 3}, "gstack": {**TARGET, "n_layer": 2}},
-               steps=600, source_steps=600, eval=(30, 10), operators=operators(60, 40, 3), lr=5e-3, warmup=40)
+               steps=400, source_steps=400, eval=(20, 8), operators=operators(40, 30, 3), lr=5e-3, warmup=30)
 QUICK = replace(FULL, steps=150, source_steps=150, eval=(25, 4), operators=operators(15, 15, 3), warmup=15)
 
 
@@ -202,8 +204,8 @@ def verdict(rows: list[dict]) -> list[str]:
         if hit < n or f is None:
             continue
         ok = s >= f - GOAL_WALL
-        lines.append(f"- {m}: wall-time saving {s:.0%} vs FLOP saving {f:.0%}: "
-                     f"{'within' if ok else '**not** within'} {GOAL_WALL:.0%}.")
+        lines.append(f"- {m}: wall-time saving {s:.0%} vs FLOP saving {f:.0%} (goal: at most "
+                     f"{GOAL_WALL * 100:.0f} points below): {'met' if ok else '**not met**'}.")
     for m in methods:
         d = difference(rows, m, BASELINE)
         if d is not None:
@@ -272,7 +274,8 @@ def render(args, rows, jobs, sources_log, setting: Setting, n_seeds: int, plot_f
         "## Verdict", "",
         "Goals (issue 11): every grown model reaches scratch's final val loss with fewer FLOPs than scratch "
         f"(operator steps included); Mango saves ≥ {GOAL_MANGO:.0%} of scratch's FLOPs to that loss, and more "
-        f"than LiGO and bert2BERT (fpi, aki); wall-time savings within {GOAL_WALL:.0%} of the FLOP savings.", "",
+        f"than LiGO and bert2BERT (fpi, aki); wall-time savings within {GOAL_WALL:.0%} of the FLOP savings "
+        "(read: at most that many points below them).", "",
         *verdict(rows), "", "## Runs", "",
         *[f"- {line}" for line in sources_log], "",
         "| row | setting |", "|---|---|", *[f"| {j.method} | {j.note} |" for j in jobs], "",
