@@ -137,7 +137,8 @@ class Recipe:
         names = [n for n, _ in methods]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ConfigError(f"methods: {sorted(dup)[0]!r} is listed twice")
+            raise ConfigError(f"methods: {sorted(dup)[0]!r} is listed twice; a recipe uses each method once "
+                              "(merge the two entries' options)")
         return cls(data=build(data_cfg, data, "data"), data_name=data_name, model_name=str(name),
                    model=build(model_cfg, model, "model"),
                    train=build(TrainConfig, d.get("train"), "train"), methods=methods)

@@ -39,6 +39,15 @@ def learngene_pool_settings(tmp_path) -> dict:
     return {"auxiliaries": aux, "distill": True, "final_eval": "fixed"}
 
 
+def grow_settings(tmp_path) -> dict:
+    """Mango growing a trained 2-block, 1-head, 16-dim source (head size 16, the tiny target's) into the
+    tiny recipe's 4 × 32 model; the operator phase ends after step 7, so the resume at step 5 is mid-phase
+    (tests/test_grow.py resumes after it)."""
+    source = trained_run(tmp_path, "grow_source", {"n_layer": 2, "n_head": 1, "n_embd": 16}, steps=6)
+    return {"source": source, "operator": "mango", "rank": 2, "operator_steps": 7, "operator_lr": 0.01,
+            "operator_warmup": 2, "eval_after_growth": False}
+
+
 SETTINGS: dict[str, dict] = {
     # progressive/: 4 blocks, 12 steps; every stage boundary and the stacking growth (steps 4, 8)
     # fall on both sides of the resume point.
@@ -57,6 +66,8 @@ SETTINGS: dict[str, dict] = {
     "snnet": snnet_settings,
     "learngene_distill": lambda tmp_path: {"ancestry": ancestry_run(tmp_path), "points": 2},
     "learngene_pool": learngene_pool_settings,
+    # growth/: Mango (rank 2) from a source trained first, operator phase across the resume point.
+    "grow": grow_settings,
 }
 
 

@@ -238,8 +238,8 @@ def test_blocks_round_trip():
     s = source_tensors(source())
     m = to_blocks(s, cfg())
     assert m.shape == (12, 16, 16, 2)
-    for l in range(2):
-        for name, w in from_blocks(m, l).items():
+    for l, layer in enumerate(from_blocks(m)):
+        for name, w in layer.items():
             assert torch.equal(w, s[f"blocks.{l}.{name}"])
 
 

@@ -213,3 +213,24 @@ def test_configs_of_methods_made_in_python_are_validated(tiny_recipe, tmp_path):
         Trainer(tiny_recipe(), tmp_path, methods=[GrowOneBlock(GrowConfig(at_step=-1))])
     with pytest.raises(ConfigError, match=r"methods.probe_grow.at_step: expected int"):
         Trainer(tiny_recipe(), tmp_path, methods=[GrowOneBlock(GrowConfig(at_step="3"))])
+
+
+def test_an_evaluation_a_method_runs_mid_step_is_evaluation_time_not_training_time(tiny_recipe, tmp_path,
+                                                                                    monkeypatch):
+    import time
+
+    from leantrain import Method
+    from leantrain.data import TextTask
+
+    class EvaluatesEveryStep(Method):
+        name = "probe_evaluates"
+
+        def on_event(self, event, state):
+            if event is Event.STEP_START:
+                state.evaluate("val", whole=False)
+
+    score = TextTask.score
+    monkeypatch.setattr(TextTask, "score", lambda self, *a: (time.sleep(0.05), score(self, *a))[1])
+    s = fit(tiny_recipe(train={"max_steps": 4, "eval_interval": 100}), tmp_path, methods=[EvaluatesEveryStep()])
+    # 4 mid-step evaluations of 2 batches, 0.05 s each: ≥ 0.4 s of evaluation, none of it training time
+    assert s["eval_seconds"] >= 0.4 + 2 * 2 * 0.05 and s["wall_seconds"] < 0.3

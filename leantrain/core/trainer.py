@@ -334,7 +334,7 @@ class Trainer:
 
     def train_step(self) -> None:
         s, t = self.state, self.recipe.train
-        t0 = time.perf_counter()
+        t0, eval0 = time.perf_counter(), self.eval_seconds  # a method may evaluate mid-step (state.evaluate)
         self.dispatch(Event.STEP_START)
         if s.rebuild is not None:
             self._rebuild(s.rebuild)
@@ -354,7 +354,7 @@ class Trainer:
             s.optimizer.step()
         elif t.on_nonfinite == "stop":
             s.optimizer.zero_grad(set_to_none=True)
-            self.seconds += time.perf_counter() - t0
+            self.seconds += time.perf_counter() - t0 - (self.eval_seconds - eval0)
             self._stop_nonfinite(value, norm, lr)
         s.optimizer.zero_grad(set_to_none=True)
         s.step += 1
@@ -367,7 +367,8 @@ class Trainer:
             s.metrics["nonfinite_skipped"] = self.skipped
         s.metrics["lr"] = lr
         self.dispatch(Event.STEP_END)
-        self.seconds += time.perf_counter() - t0
+        # Training time excludes evaluations methods ran during the step (counted as evaluation time).
+        self.seconds += time.perf_counter() - t0 - (self.eval_seconds - eval0)
 
     def _grad_norm(self) -> torch.Tensor:
         """Clip to ``grad_clip`` (if set) and return the global gradient norm (checked for Inf/NaN)."""

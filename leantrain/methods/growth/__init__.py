@@ -1,5 +1,6 @@
 """Model growth: initialise a large GPT from a trained small one — Mango, LiGO, bert2BERT (FPI,
-AKI), StackBERT, G_stack, MSG, Net2Net. The functional core; method card: README.md in this folder.
+AKI), StackBERT, G_stack, MSG, Net2Net. The functional core, the operator phase (``phase.py``) and
+the ``grow`` method (``grow.py``); method card: README.md in this folder.
 
 Every operator maps a trained source :class:`~leantrain.models.gpt.GPT` to a target
 :class:`~leantrain.models.gpt.GPTConfig` and returns the target's tensors keyed like
@@ -11,8 +12,11 @@ from .layout import (GrowthOperator, WidthMaps, build_model, check_growth, copy_
 from .ligo import LiGOOperator
 from .mango import MangoOperator, from_blocks, mango_maps, to_blocks, tr_mpo
 from .msg import MSGGrowth, MSGMasks, carry_adam_state, masked_layer_norm, msg_grow, ramp_value
+from .phase import OperatorPhase
+from .grow import Grow, GrowConfig  # registers the `grow` method
 
-__all__ = ["stackbert", "gstack", "fpi", "aki", "net2net", "copy_width", "stack_depth", "stack_order",
+__all__ = ["Grow", "GrowConfig", "OperatorPhase",
+           "stackbert", "gstack", "fpi", "aki", "net2net", "copy_width", "stack_depth", "stack_order",
            "msg_grow", "MSGGrowth", "MSGMasks", "ramp_value", "masked_layer_norm", "carry_adam_state",
            "MangoOperator", "LiGOOperator", "GrowthOperator", "tr_mpo", "to_blocks", "from_blocks", "mango_maps",
            "WidthMaps", "copy_maps", "unit_map", "check_growth", "build_model", "load_tensors",

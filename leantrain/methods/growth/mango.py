@@ -38,11 +38,18 @@ def to_blocks(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
     return torch.stack(layers, dim=-1)
 
 
-def from_blocks(m: torch.Tensor, l: int) -> Tensors:
-    """Layer ``l``'s weight matrices (names inside a block) from M ∈ ℝ^{B×D×D×L}."""
-    w = [m[b, :, :, l].T for b in range(len(BLOCKS))]
-    return {"attn.c_attn.weight": torch.cat(w[0:3]), "attn.c_proj.weight": w[3],
-            "mlp.c_fc.weight": torch.cat(w[4:8]), "mlp.c_proj.weight": torch.cat(w[8:12], dim=1)}
+def from_blocks(m: torch.Tensor) -> list[Tensors]:
+    """Every layer's weight matrices (names inside a block) from M ∈ ℝ^{B×D×D×L}.
+
+    One permute and ``unbind`` rather than a select per (block, layer): a select's backward
+    allocates a zero tensor the size of M, once per select — 96 of them at 12 blocks × 8 layers,
+    which made the operator's backward many times slower than the target's."""
+    layers = []
+    for layer in m.permute(3, 0, 2, 1).unbind(0):  # [B, O, I] per layer: W_b = M[b, :, :, l]ᵀ
+        w = layer.unbind(0)
+        layers.append({"attn.c_attn.weight": torch.cat(w[0:3]), "attn.c_proj.weight": w[3],
+                       "mlp.c_fc.weight": torch.cat(w[4:8]), "mlp.c_proj.weight": torch.cat(w[8:12], dim=1)})
+    return layers
 
 
 def tr_mpo(m1: torch.Tensor, s_b: torch.Tensor, s_i: torch.Tensor, s_o: torch.Tensor,
@@ -77,8 +84,12 @@ def _vectors(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
     return torch.stack(layers, dim=-1)
 
 
-def _unvector(v: torch.Tensor, l: int, cfg: GPTConfig) -> Tensors:
-    vecs = dict(zip(vector_names(cfg), v[:, :, l]))
+def _unvector(v: torch.Tensor, cfg: GPTConfig) -> list[Tensors]:
+    """Every layer's vectors from V ∈ ℝ^{K×D×L} (``unbind``, as in :func:`from_blocks`)."""
+    return [_layer_vectors(dict(zip(vector_names(cfg), layer.unbind(0))), cfg) for layer in v.unbind(-1)]
+
+
+def _layer_vectors(vecs: Tensors, cfg: GPTConfig) -> Tensors:
     out = {"ln_1.weight": vecs["ln_1.weight"], "ln_2.weight": vecs["ln_2.weight"]}
     if cfg.bias:
         out |= {"ln_1.bias": vecs["ln_1.bias"], "ln_2.bias": vecs["ln_2.bias"],
@@ -146,7 +157,6 @@ class MangoOperator(GrowthOperator):
                "ln_f.weight": (self.src_ln_f_weight @ self.width) * self.head_scale}
         if self.target.bias:
             out["ln_f.bias"] = (self.src_ln_f_bias @ self.width) * self.head_scale
-        for l in range(self.target.n_layer):
-            block = from_blocks(m2, l) | _unvector(v2, l, self.target)
-            out.update({f"blocks.{l}.{k}": v for k, v in block.items()})
+        for l, (mats, vecs) in enumerate(zip(from_blocks(m2), _unvector(v2, self.target))):
+            out.update({f"blocks.{l}.{k}": v for k, v in (mats | vecs).items()})
         return out
