@@ -400,7 +400,7 @@ def run(args) -> int:
     if args.parallel:
         text = run_parallel(args, len(seeds))
     elif args.suite == "gpt":
-        text = run_gpt(args, 300 if args.quick else 1500, seeds)
+        text = run_gpt(args, 300 if args.quick else 1000, seeds)
     else:
         steps = REGIME["quick_steps"] if args.quick else REGIME["steps"]
         text = run_resnet(args, steps, REGIME["quick_ks"] if args.quick else KS, seeds)
