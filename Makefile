@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-all clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/leantrain bench overhead
+
+# Every suite with the settings of the committed figures (about 4 hours on 2 cores, one after the
+# other); each writes benchmarks/<suite>/ (report.md, results.json, plots).
+bench-all: $(STAMP)
+	$(BIN)/leantrain bench overhead --out benchmarks/overhead
+	$(BIN)/leantrain bench depth --seeds 3 --threads 1 --out benchmarks/depth
+	$(BIN)/leantrain bench dropout --seeds 3 --threads 1 --out benchmarks/dropout
+	$(BIN)/leantrain bench local --seeds 3 --threads 1 --out benchmarks/local
+	$(BIN)/leantrain bench local --suite gpt --seeds 3 --threads 1 --out benchmarks/local_gpt
+	$(BIN)/leantrain bench local --parallel --seeds 3 --out benchmarks/local_parallel
+	$(BIN)/leantrain bench growth --seeds 3 --threads 1 --out benchmarks/growth
+	$(BIN)/leantrain bench pool --seeds 3 --threads 1 --out benchmarks/pool
 
 clean:
 	rm -rf $(VENV) runs bench_out .pytest_cache
