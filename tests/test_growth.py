@@ -71,7 +71,9 @@ def test_fpi_and_net2net_width_preserve_the_function_exactly_without_layernorm(g
     target = cfg(n_head=5, n_embd=40, bias=bias)  # head size 8 kept, 2 -> 5 heads, random map
     grown = build_model(target, grow(src, target, generator=gen()))
     x = tokens()
-    close(logits(affine_only(grown), x), logits(affine_only(src), x))
+    # float64: without normalisation the logits reach ~20, where float32 summation order alone
+    # (which differs between CPUs' kernels) moves them by ~1e-5; the map itself is exact
+    close(logits(affine_only(grown).double(), x), logits(affine_only(src).double(), x))
     assert (logits(grown, x) - logits(src, x)).abs().max() > 1e-3  # the LayerNorm case is only approximate
 
 
