@@ -196,6 +196,8 @@ class LMHead(nn.Module):
 
 
 class GPT(nn.Module, ModelProtocol):
+    """nanoGPT's model; implements the model protocol natively (every capability but `pipeline`,
+    `unit_hooks` and `export`)."""
     CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "stages", "depth_change",
                               "weight_roles"})
 
