@@ -176,8 +176,8 @@ def test_require_names_the_method_the_capability_and_the_models_reason():
     with pytest.raises(ConfigError) as e:
         protocol.require(gpt, "pipeline", "methods.local.parallel")
     assert str(e.value) == ("methods.local.parallel: needs units that split into sequential stages on different "
-                            "processes, which model GPT does not declare (its output head shares the token "
-                            "embedding with the first unit)")
+                            "processes, which model GPT does not declare: its output head shares the token "
+                            "embedding with the first unit")
     with pytest.raises(KeyError, match="unknown capability"):
         protocol.require(gpt, "teleport", "x")
 
