@@ -333,6 +333,7 @@ class Trainer:
         else:
             wrapped = model
         self._ddp = wrapped if isinstance(wrapped, DDP) else None  # for no_sync on accumulated micro-batches
+        self._eager_model = wrapped  # what the meter measures: dynamo skips a frame run under FlopCounterMode
         self.ddp_model = torch.compile(wrapped, backend=self._backend) if self._backend is not None else wrapped
         self._param_names = dict(model.named_parameters())
 
@@ -428,11 +429,11 @@ class Trainer:
         for c in self.callbacks:
             c.on_event(event, self.state)
 
-    def _forward_backward(self, x, y) -> torch.Tensor:
+    def _forward_backward(self, x, y, model) -> torch.Tensor:
         if self.strategy is not None and self.strategy.takes_step(self.state):
-            return self.strategy.training_step(self.state, self.ddp_model, x, y)
+            return self.strategy.training_step(self.state, model, x, y)
         with self.state.autocast():
-            _, loss = self.ddp_model(x, y)
+            _, loss = model(x, y)
         self.state.backward(loss)
         return loss.detach()
 
@@ -452,8 +453,10 @@ class Trainer:
             key = (tuple(x.shape), s.model.shape_key(),
                    tuple(m.flop_key(s) for m in self.methods))
             quiet = self._ddp.no_sync() if self._ddp is not None and i < n - 1 else contextlib.nullcontext()
+            # a step shape's first micro-batch is measured (FLOPs, saved bytes), eagerly under compile
+            model = self._eager_model if key not in self.meter.flops_by_key else self.ddp_model
             with quiet:
-                losses.append(self.meter.step(key, lambda: self._forward_backward(x, y), s.model.parameters()))
+                losses.append(self.meter.step(key, lambda: self._forward_backward(x, y, model), s.model.parameters()))
         s.micro_batch = 0
         return losses[0] if n == 1 else torch.stack([v.float() for v in losses]).mean()
 
@@ -800,7 +803,6 @@ class Trainer:
     def dry_run_report(self) -> dict:
         """What ``--dry-run`` prints: parameters, device, and the measured FLOPs of one step (every
         micro-batch: forward and backward on real batches, no update; the run is not trained)."""
-        from ..measure.meter import measure_step
         s, t = self.state, self.recipe.train
         s.model.train()
         self.dispatch(Event.FIT_START)
@@ -808,7 +810,9 @@ class Trainer:
         if s.rebuild is not None:
             self._rebuild(s.rebuild)
             s.rebuild = None
-        flops, _, _, _ = measure_step(self._micro_batches, s.model.parameters())
+        before = self.meter.total_flops
+        self._micro_batches()  # a new step shape: the meter measures it
+        flops = self.meter.total_flops - before
         s.optimizer.zero_grad(set_to_none=True)
         return {"parameters": sum(p.numel() for p in s.model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
