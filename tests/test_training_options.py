@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+import torch._dynamo
 
 from leantrain import Callback, ConfigError, Event, Method, Recipe, Trainer
 from leantrain.cli import main
@@ -241,7 +242,12 @@ def test_host_sync_log_needs_a_fused_optimizer():
 
 
 # ------------------------------------------------------------------------------- compile
-def test_compile_eager_backend_matches_eager_and_counts_graphs(tmp_path):
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()  # no compiled frames from earlier tests: graph counts are this test's
+
+
+def test_compile_eager_backend_matches_eager_and_counts_graphs(tmp_path, fresh_dynamo):
     plain = run(tmp_path, "plain").fit()
     compiled = run(tmp_path, "compiled", train={"compile": True, "compile_backend": "eager"}).fit()
     assert compiled["compiled_graphs"] >= 1 and "compiled_graphs" not in plain
@@ -249,7 +255,7 @@ def test_compile_eager_backend_matches_eager_and_counts_graphs(tmp_path):
     assert compiled["train_flops"] == plain["train_flops"]
 
 
-def test_compile_recompiles_after_surgery(tmp_path):
+def test_compile_recompiles_after_surgery(tmp_path, fresh_dynamo):
     stack = [{"name": "stacking", "depths": [2, 4], "init": "copy_top"}]
     before = Trainer(Recipe.from_dict(tiny(train={"compile": True, "compile_backend": "eager", "max_steps": 3},
                                            methods=stack)), None, verbose=False, progress=False)
@@ -260,7 +266,9 @@ def test_compile_recompiles_after_surgery(tmp_path):
     assert s["compiled_graphs"] > before.compiled_graphs[0]
 
 
-def test_compile_with_inductor_on_cpu(tmp_path):
+@pytest.mark.slow
+def test_compile_with_inductor_on_cpu(tmp_path, fresh_dynamo):
+    """The real backend, at the smallest size: generated C++ kernels (minutes on a loaded 2-core machine)."""
     r = Recipe.from_dict(tiny(model={"n_layer": 1, "n_embd": 16, "block_size": 8},
                               train={"compile": True, "max_steps": 2, "eval_interval": 2}))
     s = Trainer(r, None, verbose=False, progress=False).fit()
