@@ -484,3 +484,12 @@ def test_verbose_run_prints_device_and_resolved_recipe(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "leantrain: device cpu" in out and "precision fp32" in out
     assert "recipe:\n" in out and "  train:\n" in out and "    max_steps: 2\n" in out
+
+
+def test_accumulated_run_trains_like_the_big_batch_run(tmp_path):
+    # batch 8 draws the same windows as two micro-batches of 4 (one generator, drawn in turn)
+    run(tmp_path, "big", train={"batch_size": 8}).fit()
+    run(tmp_path, "accum", train={"batch_size": 4, "grad_accum_steps": 2}).fit()
+    a = [r["train_loss"] for r in read_metrics(tmp_path / "big") if "train_loss" in r]
+    b = [r["train_loss"] for r in read_metrics(tmp_path / "accum") if "train_loss" in r]
+    assert len(a) == 4 and b == pytest.approx(a, rel=1e-5)
