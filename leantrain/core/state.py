@@ -26,7 +26,8 @@ class State:
     step: int = 0
     """Optimizer steps completed."""
     loss: float | None = None
-    """Training loss of the last step (this rank)."""
+    """Training loss of the last step (this rank). With ``train.host_sync: log`` the host reads losses
+    only at log, evaluation and checkpoint steps: then it is the loss of the last step before that read."""
     val_loss: float | None = None
     best_val_loss: float | None = None
     val_error: float | None = None
