@@ -471,10 +471,9 @@ class Trainer:
         for g in s.optimizer.param_groups:
             g["lr"] = lr
         loss = self._micro_batches()
+        if s.precision.scaler is not None:
+            s.precision.scaler.unscale_(s.optimizer)  # methods, clipping and the check see true gradients
         self.dispatch(Event.AFTER_BACKWARD)
-        scaler = s.precision.scaler
-        if scaler is not None:
-            scaler.unscale_(s.optimizer)  # clip (and check) true gradients
         norm = self._grad_norm()
         if self.lazy:
             self._update_on_device(loss, norm)
