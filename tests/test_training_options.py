@@ -493,3 +493,14 @@ def test_accumulated_run_trains_like_the_big_batch_run(tmp_path):
     a = [r["train_loss"] for r in read_metrics(tmp_path / "big") if "train_loss" in r]
     b = [r["train_loss"] for r in read_metrics(tmp_path / "accum") if "train_loss" in r]
     assert len(a) == 4 and b == pytest.approx(a, rel=1e-5)
+
+
+def test_step_strategies_refuse_fp16_with_their_reason(tmp_path):
+    from .method_settings import options_for
+    cases = {"local": "steps per module inside its step", "grow": "honours only fp32 / bf16"}
+    for name, reason in cases.items():
+        r = Recipe.from_dict(tiny(train={"precision": "fp16", "device": "cpu"},
+                                  methods=[{"name": name, **options_for(name, tmp_path)}]))
+        with pytest.raises(ConfigError, match=reason):
+            Trainer(r, tmp_path / f"run_{name}", verbose=False)
+        assert not (tmp_path / f"run_{name}").exists()
