@@ -401,12 +401,15 @@ def test_keep_best_keeps_the_best_validation_checkpoint_and_resumes_from_it(tmp_
     # resuming an older checkpoint never deletes the newer one until the run replaces it
     t.fit(until=8)
     assert "step_00000012" in step_dirs(tmp_path / "run")
+    # the command line takes the pointer too, and continues the run in its own directory
+    assert main(["train", "--resume", str(best), "--quiet"]) == 0
+    assert checkpoint.read_meta(tmp_path / "run")["step"] == 12
 
 
-def test_resume_best_of_a_run_without_keep_best_says_so(tmp_path):
+def test_resume_best_of_a_run_without_keep_best_says_so(tmp_path, capsys):
     run(tmp_path).fit()
     code = main(["train", "--resume", str(tmp_path / "run" / "checkpoints" / "best"), "--quiet"])
-    assert code == 2
+    assert code == 2 and "trained without train.keep_best" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- early stopping
