@@ -565,8 +565,10 @@ class Trainer:
         if not self.lazy:
             return
         s, f = self.state, self._flags
+        t0 = time.perf_counter()
         first_bad, first_loss, first_norm, loss_sum, count, skipped, overflow, last = \
             torch.stack([f[k] for k in self.FLAGS]).tolist()
+        self.seconds += time.perf_counter() - t0  # waiting here for the queued steps is training time
         for k in ("loss_sum", "loss_count", "skipped", "overflow"):
             f[k].zero_()
         self.loss_sum += loss_sum
