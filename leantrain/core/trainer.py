@@ -147,8 +147,11 @@ class Trainer:
     """Train ``recipe`` into ``out_dir``.
 
     ``methods`` adds Method objects made in Python to those the recipe names. ``resume`` is a run
-    or checkpoint directory to continue from; ``overwrite`` allows replacing another run in
-    ``out_dir``. Everything is checked before anything is written.
+    or checkpoint directory to continue from (or ``RUN/checkpoints/best``); ``overwrite`` allows
+    replacing another run in ``out_dir``. ``callbacks`` observe the run (:class:`Callback`; the
+    loggers of ``train.log_to`` are added on rank 0). ``dry_run`` builds and checks everything,
+    writes nothing, and offers :meth:`dry_run_report` instead of :meth:`fit`. Everything is checked
+    before anything is written.
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | Path | None = None, *, methods: list[Method] = (),
