@@ -210,3 +210,15 @@ def test_immediate_and_end_updates_agree_when_accumulating(tmp_path):
     a = [r.get("train_loss") for r in read_metrics(tmp_path / "immediate")]
     b = [r.get("train_loss") for r in read_metrics(tmp_path / "end")]
     assert a == b
+
+
+def test_local_honours_bf16_precision(tmp_path):
+    """Issue 18 bug 8: the local strategy ignored train.amp; train.precision reaches its modules."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        r = recipe({"variant": "dgl", "modules": 3}, max_steps=4, precision=precision, device="cpu")
+        s = trainer(r, tmp_path / precision).fit()
+        assert s["precision"] == precision
+        losses[precision] = [row["train_loss"] for row in read_metrics(tmp_path / precision) if "train_loss" in row]
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.1)
