@@ -429,7 +429,8 @@ def test_early_stopping_ends_the_run_cleanly_with_its_reason(tmp_path, monkeypat
 # ------------------------------------------------------------------------------- schedules, optimizers
 def test_schedules():
     def cfg(**kw):
-        return Recipe.from_dict(tiny(train={"max_steps": 100, "warmup_steps": 10, "lr": 1.0, "min_lr": 0.1, **kw})).train
+        train = {"max_steps": 100, "warmup_steps": 10, "lr": 1.0, "min_lr": 0.1, **kw}
+        return Recipe.from_dict(tiny(train=train)).train
     old = cfg()  # cosine: nanoGPT's formula, as before
     for step in (0, 9, 10, 37, 99, 150):
         if step < 10:

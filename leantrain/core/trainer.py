@@ -789,8 +789,8 @@ class Trainer:
         """A verbose run's first lines: device and step options, then the resolved recipe (YAML)."""
         import yaml
         t = self.recipe.train
-        where = f"{self.device}" + (f" (train.device auto; CUDA {'found' if self.device.type == 'cuda' else 'not found'})"
-                                    if t.device == "auto" else "")
+        found = "found" if self.device.type == "cuda" else "not found"
+        where = f"{self.device}" + (f" (train.device auto; CUDA {found})" if t.device == "auto" else "")
         options = [f"precision {self.precision}", f"micro-batch {t.batch_size} × {t.grad_accum_steps} "
                    f"accumulated × {self.state.data_world} rank(s) = {self._effective_batch()} samples/step",
                    f"host sync {'at log steps' if self.lazy else 'every step'}"]
@@ -820,7 +820,8 @@ class Trainer:
         s.optimizer.zero_grad(set_to_none=True)
         return {"parameters": sum(p.numel() for p in s.model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
-                "device": str(self.device), "precision": self.precision, "effective_batch_size": self._effective_batch(),
+                "device": str(self.device), "precision": self.precision,
+                "effective_batch_size": self._effective_batch(),
                 "flops_per_step": flops, "estimated_train_flops": flops * (t.max_steps - s.step),
                 "steps": t.max_steps - s.step}
 
