@@ -63,6 +63,9 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     p.add_argument("--until", type=int, metavar="STEP", help="stop (with a checkpoint) after this step")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and validate the recipe, build the model and data, print the recipe, parameter "
+                        "count, device and measured FLOPs per step; then exit without writing anything")
     p.set_defaults(func=_train)
 
 
@@ -75,13 +78,15 @@ def _train(args) -> int:
     else:
         recipe = Recipe.load(args.recipe, args.overrides)
     out = args.out
-    if out is None:
+    if out is None and not (args.dry_run and args.resume is None):
         if args.resume is None:
             raise LeantrainError("--out DIR is required (or --resume DIR to continue a run)")
         ckpt = checkpoint.resolve(args.resume)
         out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else args.resume
     if args.until is not None and args.until <= 0:
         raise LeantrainError(f"--until must be positive, got {args.until}")
+    if args.dry_run:
+        return _dry_run(recipe, out, args)
     trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
                       progress=False if args.quiet else None)
     s = trainer.fit(until=args.until)
@@ -90,6 +95,27 @@ def _train(args) -> int:
               f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
               f"-> {out}")
     return 0  # under torchrun, main() leaves the process group (exit_worker)
+
+
+def _dry_run(recipe, out, args) -> int:
+    """``train --dry-run``: everything a run checks before it writes, and one measured step; no files."""
+    import yaml
+
+    from .core import Trainer
+    trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=False,
+                      progress=False, dry_run=True)
+    r = trainer.dry_run_report()
+    if trainer.main:
+        t = recipe.train
+        print("recipe:\n" + textwrap.indent(yaml.safe_dump(recipe.to_dict(), sort_keys=False).rstrip(), "  "))
+        print(f"model: {recipe.model_name}, {r['parameters']:,} parameters ({r['trainable_parameters']:,} trainable)")
+        print(f"device: {r['device']} (train.device {t.device}), precision {r['precision']}")
+        print(f"batch: {t.batch_size} × {t.grad_accum_steps} micro-batches × ranks = {r['effective_batch_size']} "
+              "samples per step")
+        print(f"FLOPs per step (measured on one step): {r['flops_per_step']:.3e}; {r['steps']} steps ≈ "
+              f"{r['estimated_train_flops']:.3e} training FLOPs (methods that change the model change it)")
+        print(f"dry run: nothing was written{f' (a run would write {out})' if out else ''}")
+    return 0
 
 
 def _add_sample(sub) -> None:
@@ -263,8 +289,10 @@ def _bench(args, run) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="leantrain", description="Cheaper neural-network training: "
                                 "train recipes with efficiency methods, measure, compare.")
+    p.add_argument("--version", action="version", version=f"leantrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)

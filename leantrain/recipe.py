@@ -23,17 +23,30 @@ class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps in the whole run (the LR schedule spans them)."""
     batch_size: int = 12
-    """Samples (text: sequences) per step, per rank under DDP."""
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    """adamw (betas beta1/beta2) or sgd (momentum, nesterov); weight decay on ≥ 2-D tensors only."""
+    """Samples (text: sequences) per micro-batch, per rank under DDP; one optimizer step takes
+    grad_accum_steps of them (the effective batch is batch_size × grad_accum_steps × ranks)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (gradient accumulation, as in nanoGPT): each is forward and
+    backward on batch_size samples with its loss divided by N, so the step applies the mean gradient
+    of the N micro-batches; under DDP gradients are all-reduced only on the last one (no_sync)."""
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    """adamw (betas beta1/beta2), sgd (momentum, nesterov) or adafactor (torch.optim.Adafactor: factored
+    second moments, no first moment; beta2 is not used); weight decay on ≥ 2-D tensors only."""
     lr: float = 1e-3
     """Peak learning rate, reached after warm-up."""
     min_lr: float = 1e-4
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of the decay (cosine, linear, wsd)."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Learning rate after the warm-up: cosine (nanoGPT's) or linear decay from lr to min_lr at
+    lr_decay_steps, constant lr, or wsd (warmup-stable-decay: lr until the last wsd_decay fraction of
+    lr_decay_steps, then linear to min_lr). Every schedule stays at min_lr after lr_decay_steps."""
+    wsd_decay: float = 0.2
+    """wsd: fraction of the steps up to lr_decay_steps spent decaying (after warm-up and the stable
+    phase)."""
     warmup_steps: int = 100
     """Linear warm-up steps (nanoGPT's formula: lr·(t+1)/(warmup+1))."""
     lr_decay_steps: int | None = None
-    """Step at which the cosine reaches min_lr; null = max_steps."""
+    """Step at which the decay reaches min_lr; null = max_steps."""
     weight_decay: float = 0.1
     """Weight decay (AdamW: decoupled; SGD: L2), applied to parameters with ≥ 2 dimensions only."""
     beta1: float = 0.9
@@ -63,10 +76,40 @@ class TrainConfig:
     """Save a checkpoint every N steps; 0 = only at the end."""
     seed: int = 1337
     """Seed for initialisation, batch sampling, dropout and method randomness."""
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    """Where to train; auto = cuda if available."""
+    early_stop_patience: int = 0
+    """Stop the run when this many evaluations in a row did not lower the best validation loss (the
+    summary says why; the end-of-run work and checkpoint follow as for a finished run); 0 = never."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto = cuda if available, else cpu (the chosen device is printed at start)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast of the training forward: fp32 (none), bf16 (bfloat16 autocast) or fp16 (float16
+    autocast with torch.amp.GradScaler loss scaling; its state is checkpointed; a step whose gradients
+    overflow is skipped and the scale lowered, counted as fp16_overflow_skipped). CUDA only, unless
+    train.device: cpu is set explicitly (CPU autocast: for checks, rarely faster). Evaluation runs in fp32."""
     amp: bool = False
-    """bfloat16 autocast (CUDA only)."""
+    """Deprecated alias of precision: bf16 on CUDA (kept so older recipes and checkpoints load);
+    refused on CPU."""
+    compile: bool = False
+    """torch.compile the model for training steps (evaluation stays eager). It compiles per step
+    shape, and again when a surgery method changes the model; the summary counts compiled graphs."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: inductor (the default, generates kernels), or aot_eager / eager (cheap
+    to compile: for tests and debugging)."""
+    host_sync: Literal["auto", "step", "log"] = "auto"
+    """When the host reads the step's loss and non-finite flag: step = every step (a device sync per
+    step; on_nonfinite acts at the bad step); log = only at log, evaluation and checkpoint steps: the
+    check runs on the device and the optimizer (adamw/sgd with fused=True) skips a flagged update
+    there, so nothing non-finite is applied; on_nonfinite: stop then stops at the next read and skips
+    every update from the bad step on. auto = log on CUDA with adamw/sgd, else step."""
+    log_to: list[Literal["jsonl", "csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
+    """Where metrics rows go: metrics.jsonl always; also metrics.csv, TensorBoard event files
+    (tensorboard/, needs the tensorboard package) or Weights & Biases in offline mode (wandb/, only if
+    wandb is installed; never the network)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept in checkpoints/ (older ones are removed after a new one is complete)."""
+    keep_best: bool = False
+    """Also keep the checkpoint of the best validation loss: checkpoints/best names it (saved when an
+    evaluation improves it; resume it with --resume RUN/checkpoints/best)."""
     threads: int | None = None
     """torch.set_num_threads; null = leave PyTorch's default."""
 
@@ -86,6 +129,21 @@ class TrainConfig:
         check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps, "lr_decay_steps",
               "must exceed warmup_steps")
         check(self.threads is None or self.threads > 0, "threads", "must be positive")
+        check(self.grad_accum_steps > 0, "grad_accum_steps", f"must be positive, got {self.grad_accum_steps}")
+        check(0 < self.wsd_decay <= 1, "wsd_decay", f"must be in (0, 1], got {self.wsd_decay}")
+        check(self.early_stop_patience >= 0, "early_stop_patience", "must be ≥ 0 (0 = off)")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1 (a run always keeps its latest "
+              f"checkpoint), got {self.keep_checkpoints}")
+        check(not (self.amp and self.precision != "fp32"), "amp", "is the deprecated alias of "
+              "precision: bf16; set only train.precision")
+        check(not (self.amp and self.device == "cpu"), "amp", "bf16 autocast is CUDA only; for bfloat16 "
+              "autocast on CPU set train.precision: bf16 with train.device: cpu")
+        check(bool(self.compile_backend.strip()), "compile_backend", "must name a torch.compile backend")
+
+    @property
+    def autocast_precision(self) -> str:
+        """The precision in effect: ``precision``, or bf16 for the deprecated ``amp: true``."""
+        return "bf16" if self.amp else self.precision
 
     @property
     def decay_steps(self) -> int:

@@ -196,3 +196,29 @@ def test_two_ranks_give_the_update_of_one_rank_on_the_doubled_batch(tmp_path):
     assert got.keys() == ref.keys()
     for name in ref:
         assert torch.allclose(got[name], ref[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_immediate_and_end_updates_agree_when_accumulating(tmp_path):
+    """grad_accum_steps: 2 — DGL's immediate update steps each module on the last micro-batch with its
+    accumulated gradients alone (later modules' earlier-micro-batch gradients set aside), which is the
+    end-of-step update exactly."""
+    runs = {}
+    for update in ("immediate", "end"):
+        r = recipe({"variant": "dgl", "modules": 3, "update": update}, batch_size=8, grad_accum_steps=2)
+        runs[update] = trainer(r, tmp_path / update).fit()
+    assert runs["immediate"]["final_val_loss"] == runs["end"]["final_val_loss"]
+    a = [r.get("train_loss") for r in read_metrics(tmp_path / "immediate")]
+    b = [r.get("train_loss") for r in read_metrics(tmp_path / "end")]
+    assert a == b
+
+
+def test_local_honours_bf16_precision(tmp_path):
+    """Issue 18 bug 8: the local strategy ignored train.amp; train.precision reaches its modules."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        r = recipe({"variant": "dgl", "modules": 3}, max_steps=4, precision=precision, device="cpu")
+        s = trainer(r, tmp_path / precision).fit()
+        assert s["precision"] == precision
+        losses[precision] = [row["train_loss"] for row in read_metrics(tmp_path / precision) if "train_loss" in row]
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.1)

@@ -42,7 +42,7 @@ class Setting:
     warmup: float = 0.05
     """Warm-up steps as a fraction of max_steps."""
     train: dict = field(default_factory=dict)
-    """Further train keys (device, amp)."""
+    """Further train keys (device, precision)."""
     target: str = "final"
     """The baseline figure that is the target: final, or best (a run that overfits)."""
     mode: str = "near"
@@ -59,7 +59,7 @@ CPU = Setting("cpu", {"name": "gpt", "n_layer": 12, "n_head": 4, "n_embd": 64, "
 PAPER = Setting("paper", {"name": "gpt", "n_layer": 48, "n_head": 8, "n_embd": 512, "block_size": 256,
                           "dropout": 0.2},
                 batch=64, steps={"full": 3000, "quick": 600}, eval={"full": (100, 20), "quick": (100, 20)},
-                lr=6e-4, train={"device": "cuda", "amp": True}, target="best", mode="every")
+                lr=6e-4, train={"device": "cuda", "precision": "bf16"}, target="best", mode="every")
 SETTINGS = {"cpu": CPU, "paper": PAPER}
 TUNED = ("RaPTr sampling fixed_count and scale sqrt_inverse_p, stochastic depth linear, PLD θ̄ = 0.5 and "
          "stacking interleave with reset optimizer state were each the best of one small 1-seed tuning "
@@ -247,7 +247,9 @@ def render(args, rows, jobs, facts, n_seeds, plots) -> str:
            f"best val loss are re-measured on every non-overlapping {m['block_size']}-character window of the "
            "validation split (best = the weights of the best fixed-batch evaluation); \"reached\" is judged "
            "on the whole split at every evaluation whose fixed-batch loss is within 0.05 of the target")
-    device = f" on {st.train['device']}{' (bf16)' if st.train.get('amp') else ''}" if st.train.get("device") else ""
+    precision = st.train.get("precision", "fp32")
+    device = (f" on {st.train['device']}" + (f" ({precision})" if precision != "fp32" else "")
+              if st.train.get("device") else "")
     lines = [
         "# leantrain bench depth", "", f"Command: `{cmd}`", "",
         *([f"**--quick: {n_seeds} seed(s) and short runs — a smoke test, not for quoting.**", ""]

@@ -68,7 +68,7 @@ def paper_recipe(steps: int = PAPER_STEPS, override: dict | None = None) -> dict
          "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.0},
          "train": {"max_steps": steps, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
                    "beta2": 0.99, "eval_interval": 250, "eval_iters": 200, "eval_train": True,
-                   "log_interval": 50, "device": "cuda", "amp": True}}
+                   "log_interval": 50, "device": "cuda", "precision": "bf16"}}
     for section, values in (override or {}).items():
         r[section] = {**r[section], **values}
     return r
@@ -189,7 +189,8 @@ def report(rows: list[dict], baseline: str, args, seeds: list[int], steps: int) 
     lines = ["# leantrain bench dropout", "",
              f"Command: `leantrain bench dropout{preset}{' --quick' if args.quick else ''} --seeds {len(seeds)} "
              f"--threads {args.threads}`; {len(seeds)} seed(s), {steps} steps per run"
-             + (f", on {t['device']}{' (bf16 autocast)' if t['amp'] else ''}" if t["device"] != "cpu" else "")
+             + (f", on {t['device']}" + (f" ({t['precision']} autocast)" if t["precision"] != "fp32" else "")
+                if t["device"] != "cpu" else "")
              + ".", ""]
     if args.quick:
         lines += ["**--quick: 1 seed, half-length runs — a smoke test, not a result. Do not quote.**", ""]

@@ -5,6 +5,8 @@ validation loss nanoGPT's own ``train.py`` reached on the same bundled corpus (m
 NANOGPT_REFERENCE). Overhead: the same model, batches and optimizer trained by leantrain's Trainer
 and by a plain PyTorch loop, in interleaved rounds (A B A B ...), per-step medians compared. The
 plain loop is also a correctness reference: with the same seed its losses equal the trainer's.
+The same rounds also time the trainer with ``train.compile`` and with ``train.grad_accum_steps: 2``
+(half the micro-batch, the same samples per step), as steady-state per-step medians after a warm-up.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
-from ..core import Trainer
+from ..core import Callback, Trainer
 from ..data import BatchSampler, TextTask
+from ..errors import LeantrainError
 from ..recipe import Recipe
 from . import register_bench
 from .common import mean_std, seeds_for, stderr_log, write_outputs
@@ -69,19 +73,48 @@ def plain_loop(recipe: Recipe, steps: int, seed: int) -> tuple[list[float], floa
     return losses, time.perf_counter() - t0
 
 
-def leantrain_round(recipe: Recipe, steps: int, seed: int) -> tuple[float, dict]:
+WARMUP_STEPS = 5
+"""Steps left out of the steady-state medians (the first compiles, and FlopCounterMode measures)."""
+
+
+class StepTimes(Callback):
+    """Wall time of every training step (STEP_START to STEP_END)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._t0 = 0.0
+
+    def on_step_start(self, state) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, state) -> None:
+        self.seconds.append(time.perf_counter() - self._t0)
+
+    def steady_ms(self) -> float:
+        return 1000 * statistics.median(self.seconds[WARMUP_STEPS:] or self.seconds)
+
+
+def leantrain_round(recipe: Recipe, steps: int, seed: int, **train) -> tuple[float, dict]:
+    """One leantrain run of ``steps`` steps (``train``: key overrides): (seconds, summary with
+    ``steady_ms``, the median step time after the warm-up)."""
     r = Recipe.from_dict(recipe.to_dict())
     r.train.max_steps, r.train.seed, r.train.eval_interval = steps, seed, steps
     r.train.lr_decay_steps = recipe.train.decay_steps
+    for k, v in train.items():
+        setattr(r.train, k, v)
+    times = StepTimes()
     with tempfile.TemporaryDirectory() as tmp:
-        s = Trainer(r, tmp, verbose=False, progress=False).fit()
-    return s["wall_seconds"], s
+        s = Trainer(r, tmp, verbose=False, progress=False, callbacks=[times]).fit()
+    return s["wall_seconds"], {**s, "steady_ms": times.steady_ms()}
 
 
 def _add_args(p) -> None:
     p.add_argument("--recipe", type=Path, default=Path("recipes/baseline_char.yaml"),
                    help="the baseline recipe (default: recipes/baseline_char.yaml)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both loops")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compiled rounds (default inductor; eager/aot_eager "
+                        "only check the harness)")
 
 
 @register_bench("overhead", "nanoGPT parity of the baseline recipe, and per-step time vs a plain "
@@ -90,17 +123,32 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     recipe = Recipe.load(args.recipe)
     seeds = seeds_for(args)
-    steps, rounds = (60, 3) if args.quick else (200, 5)
+    steps, rounds = (30, 2) if args.quick else (200, 5)
     stderr_log(f"overhead: {rounds} interleaved rounds of {steps} steps (plain loop, leantrain)"
                + (" [--quick: smoke test, not for quoting]" if args.quick else ""))
-    plain_ms, lt_ms = [], []
+    if recipe.train.batch_size % 2:
+        raise LeantrainError(f"bench overhead: the accumulation rounds halve train.batch_size "
+                             f"({recipe.train.batch_size}); use an even batch size")
+    plain_ms, lt_ms, steady = [], [], {"eager": [], "compiled": [], "accum2": []}
+    graphs = []
     for i in range(rounds):
         _, sec = plain_loop(Recipe.from_dict(recipe.to_dict()), steps, seed=i)
         plain_ms.append(1000 * sec / steps)
-        sec, _ = leantrain_round(recipe, steps, seed=i)
+        sec, s = leantrain_round(recipe, steps, seed=i)
         lt_ms.append(1000 * sec / steps)
-        stderr_log(f"  round {i + 1}: plain {plain_ms[-1]:.2f} ms/step, leantrain {lt_ms[-1]:.2f} ms/step")
+        steady["eager"].append(s["steady_ms"])
+        torch._dynamo.reset()  # each compiled round compiles afresh (no recompile limit reached across rounds)
+        _, s = leantrain_round(recipe, steps, seed=i, compile=True, compile_backend=args.compile_backend)
+        steady["compiled"].append(s["steady_ms"])
+        graphs.append(s["compiled_graphs"])
+        _, s = leantrain_round(recipe, steps, seed=i, batch_size=recipe.train.batch_size // 2, grad_accum_steps=2)
+        steady["accum2"].append(s["steady_ms"])
+        stderr_log(f"  round {i + 1}: plain {plain_ms[-1]:.2f} ms/step, leantrain {lt_ms[-1]:.2f} ms/step; "
+                   f"steady: eager {steady['eager'][-1]:.2f}, compiled {steady['compiled'][-1]:.2f}, "
+                   f"2 micro-batches {steady['accum2'][-1]:.2f} ms/step")
     ratio = statistics.median(lt / pl for lt, pl in zip(lt_ms, plain_ms))
+    compiled_ratio = statistics.median(c / e for c, e in zip(steady["compiled"], steady["eager"]))
+    accum_ratio = statistics.median(a / e for a, e in zip(steady["accum2"], steady["eager"]))
 
     parity = []
     if not args.quick:
@@ -120,6 +168,9 @@ def run(args) -> int:
 
     rows = [{"suite": "overhead", "method": "plain_loop", "round": i, "ms_per_step": p} for i, p in enumerate(plain_ms)]
     rows += [{"suite": "overhead", "method": "leantrain", "round": i, "ms_per_step": v} for i, v in enumerate(lt_ms)]
+    rows += [{"suite": "step_options", "method": f"leantrain_{k}", "round": i, "steady_ms_per_step": v,
+              **({"compile_backend": args.compile_backend, "compiled_graphs": graphs[i]} if k == "compiled" else {})}
+             for k, vs in steady.items() for i, v in enumerate(vs)]
     rows += [{"suite": "parity", "method": "leantrain", "config": recipe.to_dict() | {"train": {
         **recipe.to_dict()["train"], "seed": p["seed"]}}, **p} for p in parity]
     lines = ["# leantrain bench overhead", "",
@@ -132,7 +183,16 @@ def run(args) -> int:
              f"| leantrain Trainer | {statistics.median(lt_ms):.2f} | {rounds} × {steps} steps |",
              f"| ratio leantrain / plain (median of per-round ratios) | {ratio:.3f}× | |", "",
              "Both include the first step; leantrain's first step also runs FlopCounterMode and the "
-             "saved-tensor hooks (measurement), and its time excludes evaluation, as the plain loop has none."]
+             "saved-tensor hooks (measurement), and its time excludes evaluation, as the plain loop has none.",
+             "", "## Step options, the same interleaved rounds", "",
+             f"Steady state: the median step time after the first {WARMUP_STEPS} steps of each run (compilation "
+             "and the first step's measurement left out).", "",
+             "| leantrain | median steady ms/step | ratio to eager (median of per-round ratios) |", "|---|---|---|",
+             f"| eager (as above) | {statistics.median(steady['eager']):.2f} | 1 |",
+             f"| train.compile ({args.compile_backend}; {statistics.median(graphs):.0f} graph(s) compiled per run) | "
+             f"{statistics.median(steady['compiled']):.2f} | {compiled_ratio:.3f}× |",
+             f"| train.grad_accum_steps 2 × batch {recipe.train.batch_size // 2} (same samples per step) | "
+             f"{statistics.median(steady['accum2']):.2f} | {accum_ratio:.3f}× |"]
     if parity:
         ref = NANOGPT_REFERENCE
         fixed = [p["final_val_loss"] for p in parity]

@@ -4,10 +4,12 @@ Layout of a run directory::
 
     checkpoints/step_00000200/{model,optimizer,rng}.safetensors + state.json
     checkpoints/latest            # name of the newest complete checkpoint
+    checkpoints/best              # train.keep_best: name of the best validation checkpoint
 
 A checkpoint is written into a temporary directory, fsynced and renamed into place; only then is
-``latest`` replaced (``os.replace`` is atomic), and older checkpoints are removed. A crash at any
-point leaves ``latest`` naming a complete checkpoint. ``state.json`` records each tensor file's
+``latest`` replaced (``os.replace`` is atomic), and older checkpoints beyond the ``keep`` newest
+(train.keep_checkpoints; never the one ``best`` names) are removed. A crash at any point leaves
+``latest`` naming a complete checkpoint. ``state.json`` records each tensor file's
 SHA-256, so truncation or bit rot is reported instead of silently loaded.
 """
 from __future__ import annotations
@@ -56,12 +58,17 @@ def optimizer_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dic
 
 
 def load_optimizer_state(model, opt, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved state on its parameter's device; ``step`` stays on the CPU unless the optimizer is
+    fused or capturable (where torch keeps it beside the parameter)."""
     params = dict(model.named_parameters())
+    step_on_device = bool(opt.defaults.get("fused") or opt.defaults.get("capturable"))
     for key, v in tensors.items():
         name, slot = key.rsplit("/", 1)
         if name not in params:
             raise LeantrainError(f"checkpoint optimizer state names unknown parameter {name!r}")
-        opt.state[params[name]][slot] = v.clone()
+        p = params[name]
+        device = p.device if slot != "step" or step_on_device else torch.device("cpu")
+        opt.state[p][slot] = v.to(device).clone()
 
 
 def load_model_tensors(model, tensors: dict[str, torch.Tensor], where: Path) -> None:
@@ -122,8 +129,10 @@ def ensure_dir(path: str | Path, what: str = "output directory") -> Path:
     return path
 
 
-def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write checkpoint ``step`` atomically; returns its directory."""
+def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]], *,
+         keep: int = 1, best: bool = False) -> Path:
+    """Write checkpoint ``step`` atomically and make it ``latest`` (and ``best`` if asked); then keep
+    the ``keep`` newest checkpoints up to this step (see :func:`prune`). Returns its directory."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -145,17 +154,48 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_text_atomic(root / "latest", name + "\n")
-    for old in root.iterdir():  # keep only the newest complete checkpoint
-        if old.name not in (name, "latest") and not old.name.startswith("."):
-            shutil.rmtree(old, ignore_errors=True)
+    if best:
+        write_text_atomic(root / "best", name + "\n")
+    prune(root, step, keep)
     return final
 
 
+POINTERS = ("latest", "best")
+
+
+def _step_of(name: str) -> int | None:
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+def prune(root: Path, step: int, keep: int) -> list[str]:
+    """Remove checkpoints older than ``step`` beyond the ``keep`` newest (counting ``step``'s own),
+    except the one ``best`` names; returns the names removed. Checkpoints newer than ``step`` (left
+    by a timeline a resume from an older checkpoint abandoned) are not touched: a mistaken resume
+    never deletes a later good checkpoint (the next save at their step replaces them)."""
+    best = root / "best"
+    protected = {best.read_text().strip()} if best.is_file() else set()
+    older = sorted((s, d.name) for d in root.iterdir()
+                   if d.is_dir() and (s := _step_of(d.name)) is not None and s < step)
+    removed = [n for _, n in older[: max(0, len(older) - (keep - 1))] if n not in protected]
+    for name in removed:
+        shutil.rmtree(root / name, ignore_errors=True)
+    return removed
+
+
 def resolve(path: str | Path) -> Path:
-    """A run directory (follows ``checkpoints/latest``) or a checkpoint directory."""
+    """A run directory (follows ``checkpoints/latest``), a checkpoint directory, or a pointer file
+    (``RUN/checkpoints/latest``, ``RUN/checkpoints/best``)."""
     path = Path(path)
     if (path / "state.json").is_file():
         return path
+    if path.name in POINTERS and path.parent.name == "checkpoints":
+        if not path.is_file():
+            hint = " (the run was trained without train.keep_best)" if path.name == "best" else ""
+            raise LeantrainError(f"checkpoint not found: {path}{hint}")
+        ckpt = path.parent / path.read_text().strip()
+        if (ckpt / "state.json").is_file():
+            return ckpt
+        raise LeantrainError(f"corrupt checkpoint: {path} names {ckpt.name}, which is missing")
     latest = path / "checkpoints" / "latest"
     if latest.is_file():
         ckpt = path / "checkpoints" / latest.read_text().strip()

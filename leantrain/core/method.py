@@ -46,6 +46,13 @@ class Method:
     """Methods sharing a group cannot be combined (e.g. two depth-dropping methods)."""
     replaces_steps: ClassVar[bool] = False
     """True if ``training_step`` replaces some steps (every step strategy; surgery with a phase)."""
+    accumulates: ClassVar[bool] = False
+    """Step strategies: ``training_step`` runs once per micro-batch of ``train.grad_accum_steps``,
+    back-propagates through ``state.backward`` (which divides by N) and steps optimizers of its own
+    only on ``state.last_micro_batch``. A run with grad_accum_steps > 1 refuses a strategy without it."""
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    """Step strategies: the ``train.precision`` values ``training_step`` honours (its forward under
+    ``state.autocast()``, its backward through ``state.backward``); a run with another is refused."""
     handles_gradients: ClassVar[bool] = False
     """True if ``training_step`` itself averages gradients across ranks and clips them (e.g. per
     module, with several backward passes a step): the trainer then neither wraps the model in DDP
@@ -74,9 +81,9 @@ class Method:
 
     def training_step(self, state: State, model: torch.nn.Module, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:
-        """Step strategies only: forward + backward on ``model`` (maybe DDP-wrapped); return the loss.
-        A strategy that steps optimizers of its own must not step them on a non-finite loss (see
-        ``state.on_nonfinite``)."""
+        """Step strategies only: forward + backward on ``model`` (maybe DDP-wrapped or compiled) for one
+        micro-batch; return its loss (detached). A strategy that steps optimizers of its own must not
+        step them on a non-finite loss (see ``state.on_nonfinite``)."""
         raise NotImplementedError
 
     def flop_key(self, state: State) -> Hashable:

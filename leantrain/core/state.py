@@ -1,6 +1,7 @@
 """The small mutable training state every method sees."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     from ..data import Task
     from ..recipe import Recipe
     from .evaluation import EvalResult
+    from .precision import Precision
 
 
 @dataclass
@@ -25,7 +27,8 @@ class State:
     step: int = 0
     """Optimizer steps completed."""
     loss: float | None = None
-    """Training loss of the last step (this rank)."""
+    """Training loss of the last step (this rank). With ``train.host_sync: log`` the host reads losses
+    only at log, evaluation and checkpoint steps: then it is the loss of the last step before that read."""
     val_loss: float | None = None
     best_val_loss: float | None = None
     val_error: float | None = None
@@ -52,6 +55,32 @@ class State:
     evaluate: "Callable[..., EvalResult] | None" = None
     """``evaluate(split="val", whole=True)``: score the full model on a split now (eval mode; the
     run's state is untouched). Set by the trainer, for methods that need a measurement."""
+    precision: "Precision | None" = None
+    """The run's autocast and loss scaling (train.precision, grad_accum_steps); set by the trainer.
+    Step strategies run their forward under :meth:`autocast` and back-propagate with :meth:`backward`."""
+    micro_batch: int = 0
+    """Index of the micro-batch being run within the step (0 … grad_accum_steps − 1)."""
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.recipe.train.grad_accum_steps
+
+    @property
+    def last_micro_batch(self) -> bool:
+        """True on the step's last micro-batch: a strategy that steps optimizers of its own does it then."""
+        return self.micro_batch == self.grad_accum_steps - 1
+
+    def autocast(self):
+        """The run's autocast context (train.precision) for a training forward; a no-op for fp32."""
+        return self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate a micro-batch's loss: divided by grad_accum_steps (the step applies the mean
+        gradient) and, for fp16, multiplied by the loss scale (the trainer unscales before clipping)."""
+        if self.precision is not None:
+            self.precision.backward(loss)
+        else:
+            loss.backward()
 
     @property
     def max_steps(self) -> int:

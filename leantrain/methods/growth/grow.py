@@ -210,6 +210,8 @@ class Grow(Method):
     kind = "surgery"
     replaces_steps = True
     """mango and ligo train their operator in the first steps; the other operators never take a step."""
+    accumulates = True  # the operator phase accumulates micro-batches; its AdamW steps on the last
+    precisions = ("fp32", "bf16")  # the operator's own AdamW has no fp16 loss scaler
 
     def __init__(self, cfg: GrowConfig | None = None):
         super().__init__(cfg)

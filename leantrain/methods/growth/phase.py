@@ -64,13 +64,19 @@ class OperatorPhase:
         """One operator step on the task loss; returns the loss (non-finite if the step was not taken)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(state.step)
-        t = state.recipe.train
         weights = self.operator()  # outside autocast: the contraction stays in fp32
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=t.amp):
+        with state.autocast():
             loss = functional_call(state.model, weights, (x, y))[1]
-        loss.backward()
+        state.backward(loss)  # divided by grad_accum_steps: the operator's gradients accumulate
+        if state.micro_batch == 0:
+            self._micro_losses = []
+        self._micro_losses.append(loss.detach().float())
+        if not state.last_micro_batch:
+            return loss.detach()
         params = [p for p in self.operator.parameters() if p.grad is not None]
-        losses = average_gradients(params, loss)
+        # every micro-batch's loss takes part in the finite check (their sum)
+        total = loss if len(self._micro_losses) == 1 else torch.stack(self._micro_losses).sum()
+        losses = average_gradients(params, total)
         norm = (torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip > 0
                 else torch.nn.utils.get_total_norm([p.grad for p in params]))
         # The same decision on every rank (averaged gradients, summed losses); the trainer then sees a

@@ -329,6 +329,8 @@ class LocalLearning(Method):
     kind = "step_strategy"
     handles_gradients = True
     exclusive_group = "depth"  # it decides how the blocks run; a block plan would be ignored
+    accumulates = True  # each module's gradients accumulate over the micro-batches; updates on the last
+    precisions = ("fp32", "bf16")  # fp16's loss scaler does not follow its per-module optimizer steps
 
     def __init__(self, cfg: LocalConfig | None = None):
         super().__init__(cfg)
@@ -342,6 +344,13 @@ class LocalLearning(Method):
     # -- checks -----------------------------------------------------------------------------------
     def check(self, state: State) -> None:
         cfg, model, t = self.cfg, state.model, state.recipe.train
+        if t.compile:
+            raise ConfigError("train.compile: local learning runs its modules one by one (each with its own "
+                              "backward), not through the model's forward, so torch.compile would not apply; "
+                              "set compile: false")
+        if t.autocast_precision == "fp16":
+            raise ConfigError("train.precision: fp16: local learning clips and steps per module inside its "
+                              "step, which the fp16 loss scaler does not follow; use bf16 or fp32")
         info = state.data.info()
         shape = info.input_shape if info.task == "classification" else (state.data.items_per_sample(state.recipe.model),)
         view = unit_view(model, shape)
@@ -462,21 +471,32 @@ class LocalLearning(Method):
             h = lm.supply(first - 1, out, x, inputs, memo)
             inputs.append(h.detach())
         finite = True
+        # grad_accum_steps: every micro-batch back-propagates loss / N; modules update on the last one,
+        # and (immediate) only if none of their micro-batch losses was non-finite
+        last = state.last_micro_batch
+        if state.micro_batch == 0:
+            self._micro_finite = [True] * K
         for k in range(first, end):
-            out = lm.run_module(k, h, memo)
-            if k < K - 1:
-                loss = self.local_loss(lm, k, out, x, y)
-            else:
-                loss = F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
-            loss.backward()  # this module's graph is freed here
+            with state.autocast():
+                out = lm.run_module(k, h, memo)
+                if k < K - 1:
+                    loss = self.local_loss(lm, k, out, x, y)
+                else:
+                    loss = F.cross_entropy(out.reshape(-1, out.size(-1)).float(), y.reshape(-1))
+            state.backward(loss)  # this module's graph is freed here
             state.log(f"local/loss{k}", float(loss.detach()))
             if immediate:
-                finite &= self._update(state, lm, k, loss, group)
+                self._micro_finite[k] &= bool(torch.isfinite(loss.detach()))
+                if last:
+                    finite &= self._update(state, lm, k, loss, group, self._micro_finite[k])
             if k < end - 1:
-                h = lm.supply(k, out, x, inputs, memo)
+                with state.autocast():
+                    h = lm.supply(k, out, x, inputs, memo)
                 inputs.append(h.detach())
         if end < K:  # send forward what the next stage needs, and go on
             pipe.send([out, *inputs[1:], *([memo["embedding"]] if "embedding" in memo and lm.use_e else [])])
+        if not last:
+            return loss.detach()
         if not immediate:
             mine = [p for k in range(first, end) for p in lm.module_parameters(k)]
             distributed.average_gradients(mine, group)
@@ -522,16 +542,27 @@ class LocalLearning(Method):
         if state.recipe.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], state.recipe.train.grad_clip)
 
-    def _update(self, state: State, lm: LocalModel, k: int, loss: torch.Tensor, group=None) -> bool:
+    def _update(self, state: State, lm: LocalModel, k: int, loss: torch.Tensor, group=None,
+                earlier_finite: bool = True) -> bool:
         """DGL: average, clip and step module k's parameters now (the others have no gradients yet);
         nothing is stepped on a non-finite loss (every replica agrees), the trainer then stops or skips."""
         params = lm.module_parameters(k)
         distributed.average_gradients(params, group)
-        ok = bool(distributed.sum_tensor(torch.tensor([float(not torch.isfinite(loss))]), group).item() == 0)
+        bad = float(not (earlier_finite and torch.isfinite(loss)))
+        ok = bool(distributed.sum_tensor(torch.tensor([bad]), group).item() == 0)
+        # accumulating: later modules already hold their earlier micro-batches' gradients; set them
+        # aside so that this step updates module k alone
+        mine = {id(p) for p in params}
+        stash = {p: p.grad for p in state.model.parameters() if id(p) not in mine and p.grad is not None} \
+            if state.grad_accum_steps > 1 else {}
+        for p in stash:
+            p.grad = None
         if ok:
             self._clip(state, params)
             state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
+        for p, g in stash.items():
+            p.grad = g
         return ok
 
     # -- reporting ----------------------------------------------------------------------------------

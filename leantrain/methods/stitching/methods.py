@@ -87,6 +87,8 @@ class FamilyMethod(Method):
     """Shared by ``snnet`` and ``learngene_pool``: the family replaces ``state.model``; each step trains
     one configuration of it."""
     kind = "step_strategy"
+    accumulates = True  # one forward + state.backward per micro-batch; the trainer steps
+    precisions = ("fp32", "bf16", "fp16")
     find_unused_parameters = True  # a step reaches only its configuration's parameters
     binned_by_default = False
 
@@ -161,7 +163,7 @@ class FamilyMethod(Method):
                       "step": state.step, "losses": losses}
 
     def training_step(self, state: State, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=state.recipe.train.amp):
+        with state.autocast():
             if self.teacher is None:
                 _, loss = model(x, y)
             else:
@@ -169,7 +171,7 @@ class FamilyMethod(Method):
                     teacher_logits, _ = self.teacher(x)
                 logits, _ = model(x)
                 loss = soft_distillation_loss(logits, teacher_logits, y, self.cfg.alpha, self.cfg.temperature)
-        loss.backward()
+        state.backward(loss)
         return loss.detach()
 
     # -- checkpointing
@@ -285,6 +287,8 @@ class LearngeneDistill(Method):
     name = "learngene_distill"
     Config = LearngeneDistillConfig
     kind = "step_strategy"
+    accumulates = True  # one forward + state.backward per micro-batch; the trainer steps
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -327,9 +331,9 @@ class LearngeneDistill(Method):
             self.teacher = load_teacher(self.ancestry, f"methods.{self.name}.ancestry", state)
 
     def training_step(self, state: State, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=state.recipe.train.amp):
+        with state.autocast():
             _, loss = model(x, y, teacher=self.teacher)  # through the DDP wrapper: projections' grads reduce
-        loss.backward()
+        state.backward(loss)
         for k, v in state.model.parts.items():
             state.log(f"{self.name}/{k}", v.item())
         return loss.detach()
