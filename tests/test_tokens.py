@@ -377,3 +377,31 @@ def test_token_shards_under_torchrun(tmp_path):
     with torch.no_grad():
         ref = sum(model(x, y)[1].item() for x, y in batches) / len(batches)
     assert s["final_val_loss"] == pytest.approx(ref, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------- bench bpe
+def test_bench_bpe_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsys):
+    from leantrain.bench import bpe
+    monkeypatch.setattr(bpe, "STEPS", {"full": 6, "quick": 6})
+    monkeypatch.setattr(bpe, "VOCAB", 300)
+    monkeypatch.setattr(bpe, "MODEL", {**bpe.MODEL, "n_layer": 3, "n_embd": 16, "n_head": 2, "block_size": 16})
+    monkeypatch.setattr(bpe, "RAPTR", {**bpe.RAPTR, "stages": [{"path_len": 2}, {"path_len": 3}]})
+    monkeypatch.setattr(bpe, "train_section", lambda steps, quick, threads: tiny()["train"] | {
+        "max_steps": steps, "eval_interval": 3, "eval_iters": 2})
+    assert main(["bench", "bpe", "--quick", "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["char/baseline", "char/raptr", "bpe/baseline", "bpe/raptr"]
+    char, bpe_row = rows[0], rows[2]
+    assert char["final_val_loss_per_char"] == char["final_val_loss"]
+    f = bpe_row["nats_per_token_factor"]
+    assert bpe_row["final_val_loss_per_char"] == pytest.approx(bpe_row["final_val_loss"] * f)
+    assert "nats per character" in (tmp_path / "b" / "report.md").read_text()
+    assert (tmp_path / "b" / "val_per_char_vs_flops.png").stat().st_size > 0
+    # the factor, independently: every window's target tokens decoded one by one, characters counted
+    main(["tokenize", str(TextTask(TextConfig()).path), "--out", str(tmp_path / "s"), "--vocab-size", "300",
+          "--quiet"])
+    task = TokensTask(TokensConfig(path=str(tmp_path / "s")))
+    tok = load_tokenizer(tmp_path / "s" / "tokenizer.json")
+    _, y = zip(*task.eval_batches("val", 64, Recipe.from_dict(tiny()).model, whole=True))
+    targets = torch.cat(y).flatten().tolist()
+    assert f == pytest.approx(len(targets) / sum(len(tok.decode([t])) for t in targets))

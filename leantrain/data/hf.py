@@ -38,6 +38,8 @@ SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 VAL_NAMES = ("validation", "val", "valid", "dev")
 CACHE_FORMAT = 1
 RECORDS_PER_BATCH = 1000
+PROGRESS_RECORDS = 100_000
+"""Datasets with at least this many records get a progress bar while tokenizing (on a terminal)."""
 
 
 @dataclass
@@ -94,6 +96,8 @@ def import_datasets():
     except ImportError:  # pragma: no cover - the hf extra is installed by `make test`
         raise LeantrainError("the hf data kind needs the datasets library: pip install 'leantrain[hf]'") from None
     datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    if not sys.stderr.isatty():  # progress bars only on a terminal
+        datasets.disable_progress_bars()
     return datasets
 
 
@@ -199,13 +203,19 @@ class HFTask(TokensTask):
                 tok = train_bpe(texts, self.cfg.vocab_size, length=len(splits["train"]))
             vocab = tok.get_vocab_size(with_added_tokens=True)
             writer = ShardWriter(tmp, shard_dtype(vocab), vocab)
+            total = sum(len(d) for d in splits.values())
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="record", desc="tokenize", dynamic_ncols=True,
+                       disable=not sys.stderr.isatty() or total < PROGRESS_RECORDS)
             try:
                 for name, d in splits.items():
                     for batch in record_texts(d, self.cfg.text_field, sep):
                         for text, enc in zip(batch, tok.encode_batch(batch, add_special_tokens=False)):
                             writer.add(name, enc.ids, len(text))
+                        bar.update(len(batch))
             finally:
                 writer.close()
+                bar.close()
             write_meta(tmp, tok, writer, {"source": identity})
             if target.exists() and not (target / "meta.json").is_file():
                 shutil.rmtree(target)  # an unfinished copy (never published by this code; be safe)
