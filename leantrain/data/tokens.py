@@ -274,7 +274,7 @@ class TokensTask(Task):
         MiB; meta.json and the tokenizer by hash."""
         files = {s: {"bytes": (self.directory / SPLIT_FILES[s]).stat().st_size,
                      "sha256_edges": file_digest(self.directory / SPLIT_FILES[s])} for s in self.splits}
-        return {"kind": self.name, "path": str(self.directory), "dtype": self.dtype, "vocab_size": self.vocab_size,
+        return {"kind": self.name, "path": str(self.directory.resolve()), "dtype": self.dtype, "vocab_size": self.vocab_size,
                 "splits": files,
                 "meta_sha256": hashlib.sha256(json.dumps(self.meta_json, sort_keys=True).encode()).hexdigest(),
                 "tokenizer_sha256": (None if self.tokenizer_text is None
