@@ -328,6 +328,16 @@ def test_local_hf_datasets_train_offline_and_cache_their_tokens(capsys, tmp_path
     assert other.directory != task.directory and other.fingerprint() != task.fingerprint()
 
 
+def test_a_text_file_as_hf_data_is_one_record_per_line_and_reproduced(tmp_path, records):
+    from leantrain.data.hf import HFConfig, HFTask
+    lines = "\n".join(records[:200]).splitlines()
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    task = HFTask(HFConfig(path=str(tmp_path / "t.txt"), vocab_size=260, cache_dir=str(tmp_path / "c")))
+    k = int(len(lines) * 0.9)
+    assert decode_split(task.directory, "train") == "".join(line + "\n" for line in lines[:k])
+    assert decode_split(task.directory, "val") == "".join(line + "\n" for line in lines[k:])
+
+
 @pytest.mark.parametrize("make, data, message", [
     (lambda p: None, {}, "dataset not found"),
     (lambda p: (p / "x.jsonl").write_text('{"body": "a b c"}\n' * 50), {}, "has no column 'text' \\(columns: body\\)"),
