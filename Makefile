@@ -38,6 +38,7 @@ bench-all: $(STAMP)
 	$(BIN)/leantrain bench local --parallel --seeds 3 --out benchmarks/local_parallel
 	$(BIN)/leantrain bench growth --seeds 3 --threads 1 --out benchmarks/growth
 	$(BIN)/leantrain bench pool --seeds 3 --threads 1 --out benchmarks/pool
+	$(BIN)/leantrain bench bpe --seeds 2 --threads 1 --out benchmarks/bpe
 
 clean:
 	rm -rf $(VENV) runs bench_out .pytest_cache

@@ -1,4 +1,4 @@
-"""``leantrain`` command line: train, evaluate, sample, methods, export, pool, bench.
+"""``leantrain`` command line: train, evaluate, sample, tokenize, methods, export, pool, bench.
 
 Bad input exits 2 with one line."""
 from __future__ import annotations
@@ -122,7 +122,8 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--tokens", type=int, default=300, help="characters to generate")
+    p.add_argument("--tokens", type=int, default=300,
+                   help="tokens to generate (characters for character-level runs)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
@@ -138,6 +139,7 @@ def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, se
     import torch
 
     from .core.loading import load_trained
+    from .data.tokenizer import codec_from_meta
     if tokens <= 0 or temperature <= 0 or top_k <= 0:
         raise LeantrainError("--tokens, --temperature and --top-k must be positive")
     trained = load_trained(ckpt_dir)
@@ -145,14 +147,43 @@ def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, se
         raise LeantrainError(f"{ckpt_dir} holds a {trained.recipe.model_name!r} model trained on "
                              f"{trained.recipe.data_name!r} data ({trained.task}); sample generates text "
                              "from a language model — use `leantrain evaluate` for classifiers")
-    model, vocab = trained.model, trained.ckpt.meta["vocab"]
-    stoi = {c: i for i, c in enumerate(vocab)}
-    bad = sorted(set(prompt) - set(stoi))
-    if bad:
-        raise LeantrainError(f"prompt has characters outside the vocabulary: {''.join(bad)!r}")
-    idx = torch.tensor([[stoi[c] for c in prompt]], dtype=torch.long)
-    out = model.generate(idx, tokens, temperature, top_k, torch.Generator().manual_seed(seed))
-    return "".join(vocab[i] for i in out[0].tolist())
+    codec = codec_from_meta(trained.ckpt.meta, str(trained.ckpt.path))
+    idx = torch.tensor([codec.encode(prompt)], dtype=torch.long)
+    out = trained.model.generate(idx, tokens, temperature, top_k, torch.Generator().manual_seed(seed))
+    return codec.decode(out[0].tolist())
+
+
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="text files -> token shards (train.bin, val.bin, meta.json, tokenizer.json)",
+                       description="Tokenize text files into nanoGPT-format shards for `data: {name: tokens}`: "
+                       "train a byte-level BPE on the training part (offline, with the `tokenizers` library) or "
+                       "use an existing tokenizer, and write train.bin / val.bin (uint16, or uint32 above 65,536 "
+                       "tokens), meta.json and tokenizer.json. Streams the input (a file larger than memory "
+                       "works); the same input gives byte-identical shards. The validation split is the last "
+                       "--val-fraction of the characters (as the text data kind splits).")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="UTF-8 text files, concatenated in order")
+    p.add_argument("--out", type=Path, required=True, help="directory for the shards")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--vocab-size", type=int, metavar="N",
+                       help="train a byte-level BPE of N tokens (default 8192; fewer if the text runs out of merges)")
+    which.add_argument("--tokenizer", type=Path, metavar="PATH",
+                       help="use this tokenizer.json, or Hugging Face tokenizer directory, instead")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of the text, from its end, for validation (default 0.1)")
+    p.add_argument("--overwrite", action="store_true", help="replace token data already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=_tokenize)
+
+
+def _tokenize(args) -> int:
+    from .data.shards import tokenize_files
+    meta = tokenize_files(args.inputs, args.out, args.vocab_size, args.tokenizer, args.val_fraction,
+                          args.overwrite, progress=False if args.quiet else None)
+    if not args.quiet:
+        print(f"tokenized {meta['train_chars'] + meta['val_chars']:,} characters into "
+              f"{meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens ({meta['dtype']}, vocabulary "
+              f"{meta['vocab_size']:,}) -> {args.out}")
+    return 0
 
 
 def _add_evaluate(sub) -> None:
@@ -297,6 +328,7 @@ def parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_sample(sub)
+    _add_tokenize(sub)
     _add_methods(sub)
     _add_export(sub)
     _add_pool(sub)

@@ -43,7 +43,8 @@ def evaluate(model: torch.nn.Module, task, batches: Sequence, device: torch.devi
     """Score ``model`` (in whatever mode the caller set) on ``batches``, this rank's share under DDP."""
     rank, world = distributed.rank_world()
     total = torch.zeros(4, dtype=torch.float64)  # Σ loss, Σ loss², n, Σ correct
-    for x, y in list(batches)[rank::world]:
+    # a Sequence is sliced as it is (token shards read their windows only when indexed)
+    for x, y in (batches if isinstance(batches, Sequence) else list(batches))[rank::world]:
         logits, _ = model(x.to(device))
         losses, correct = task.score(logits, y.to(device))
         losses = losses.double().cpu()

@@ -5,7 +5,11 @@ trainer must not know about the data: reading and checking it, the splits, train
 seeded generator (its state is checkpointed, so a resumed run sees the same batches), evaluation
 batches, how a batch is scored, and a :class:`DataInfo` that tells the model what the data decides
 (vocabulary, input shape, classes). Kinds: ``text`` (character-level language modelling),
-``mnist1d``, ``npz`` and ``cifar10`` (classification, in ``arrays.py`` / ``mnist1d.py``).
+``tokens`` (nanoGPT-format token shards, memory-mapped) and ``hf`` (a local Hugging Face dataset,
+tokenized once into cached shards) for subword language modelling, ``mnist1d``, ``npz`` and
+``cifar10`` (classification, in ``arrays.py`` / ``mnist1d.py``). Helpers, not kinds:
+``tokenizer.py`` (BPE training and loading, the codec a checkpoint decodes with) and ``shards.py``
+(writing shards: ``leantrain tokenize``).
 """
 from __future__ import annotations
 
