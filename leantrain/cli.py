@@ -86,10 +86,26 @@ def _train(args) -> int:
                       progress=False if args.quiet else None)
     s = trainer.fit(until=args.until)
     if trainer.main and not args.quiet:
-        print(f"done: {s['steps']} steps, val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
-              f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
-              f"-> {out}")
+        print(done_line(s, trainer.data.unit, out))
     return 0  # under torchrun, main() leaves the process group (exit_worker)
+
+
+def done_line(s: dict, unit: str, out) -> str:
+    """The last line of ``leantrain train``: the run's figures in the data's own terms (text: loss and
+    tokens/s; classification: loss, top-1 error and samples/s, and the test split's once scored)."""
+    figures = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f})"
+    if s.get("final_val_error") is not None:
+        figures += f", val error {s['final_val_error']:.2f}% (best {s['best_val_error']:.2f}%)"
+    if s.get("test_error") is not None:
+        figures += f", test error {s['test_error']:.2f}%"
+    if s.get("val_step") not in (None, s["steps"]):  # --until between evaluations: say which step
+        figures = f"{figures} from the evaluation at step {s['val_step']}"
+    rate = {"tokens": "tok/s", "samples": "samples/s"}.get(unit, f"{unit}/s")
+    steps = f"{s['steps']} steps"
+    if not s.get("finished", True):
+        steps = f"stopped after step {s['steps']} of {s['config']['train']['max_steps']} (--resume continues)"
+    return (f"done: {steps}, {figures}, {s['train_flops']:.3e} FLOPs, "
+            f"{s['wall_seconds']:.1f}s, {s[f'{unit}_per_second']:.0f} {rate} -> {out}")
 
 
 def _add_sample(sub) -> None:
@@ -114,6 +130,9 @@ def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, se
     from .core.loading import load_trained
     if tokens <= 0 or temperature <= 0 or top_k <= 0:
         raise LeantrainError("--tokens, --temperature and --top-k must be positive")
+    if not prompt:  # generation continues a context: it needs at least one token
+        raise LeantrainError("--prompt is empty: give at least one character to continue (the default "
+                             "is a newline)")
     trained = load_trained(ckpt_dir)
     if trained.task != "lm" or not hasattr(trained.model, "generate"):
         raise LeantrainError(f"{ckpt_dir} holds a {trained.recipe.model_name!r} model trained on "

@@ -51,6 +51,8 @@ class State:
     evaluate: "Callable[..., EvalResult] | None" = None
     """``evaluate(split="val", whole=True)``: score the full model on a split now (eval mode; the
     run's state is untouched). Set by the trainer, for methods that need a measurement."""
+    verbose: bool = True
+    """Whether console messages show (the trainer's ``verbose``: false with ``--quiet``)."""
 
     @property
     def max_steps(self) -> int:
@@ -63,6 +65,12 @@ class State:
 
     def log(self, key: str, value: Any) -> None:
         self.metrics[key] = value
+
+    def say(self, text: str) -> None:
+        """A console message from a method (a schedule's summary, end-of-run work): printed once, by
+        rank 0, unless the run is quiet. Methods print through here, never with ``print``."""
+        if self.verbose and self.rank == 0:
+            print(text, flush=True)
 
     def request_rebuild(self, copy_optimizer_state: dict[str, str] | None = None) -> None:
         """After surgery: rebuild the optimizer (and DDP) for the model's current parameters.

@@ -121,7 +121,7 @@ class Trainer:
         model = factory(mcfg).to(self.device)
         self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
                            rank=self.rank, world_size=self.world, data_rank=self.rank, data_world=self.world,
-                           evaluate=self.evaluate_split)
+                           evaluate=self.evaluate_split, verbose=self.verbose)
         for m in self.methods:
             # Methods made in Python carry configs that never went through build(): check them too.
             build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
@@ -148,6 +148,7 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0
         self.test_figures: dict[str, float] = {}
         self.skipped = 0  # steps skipped for a non-finite loss or gradient (on_nonfinite: skip)
+        self.val_step: int | None = None  # the step of the last evaluation (val_loss is from it)
         self._interrupted = False  # set by Ctrl-C
         self.interrupt_agreed = False
         self.start_step = 0
@@ -288,6 +289,7 @@ class Trainer:
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
+                "val_step": self.val_step,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
         checkpoint.save(self.out_dir, self.state.step, meta, tensors)
 
@@ -318,6 +320,7 @@ class Trainer:
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
         self.skipped = meta.get("nonfinite_skipped", 0)
+        self.val_step = meta.get("val_step")
 
     # -- the loop ------------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:
@@ -441,6 +444,7 @@ class Trainer:
             row["train_eval_loss"] = evaluate(s.model, self.data, self.train_eval_batches, self.device).loss
         s.model.train()
         s.val_loss, s.val_error, s.val_result = val.loss, val.error, val
+        self.val_step = s.step
         s.best_val_loss = s.val_loss if s.best_val_loss is None else min(s.best_val_loss, s.val_loss)
         if val.error is not None:
             s.best_val_error = val.error if s.best_val_error is None else min(s.best_val_error, val.error)
@@ -567,7 +571,10 @@ class Trainer:
 
     def summary(self, collective: bool = True) -> dict:
         t, s = self.recipe.train, self.state
-        out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss}
+        # final_val_loss is the last evaluation's, at val_step: the last step, unless a run stops
+        # (--until, Ctrl-C) between evaluations — an extra evaluation there would change what methods
+        # that react to evaluations do, and a resumed run would no longer match an uninterrupted one
+        out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss, "val_step": self.val_step}
         if s.val_error is not None:
             out.update({"final_val_error": s.val_error, "best_val_error": s.best_val_error})
         out.update(self.test_figures)
