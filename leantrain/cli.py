@@ -4,6 +4,7 @@ Bad input exits 2 with one line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import textwrap
 from pathlib import Path
@@ -55,7 +56,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a recipe", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a recipe (YAML) into an output directory.",
                        epilog=_config_help())
-    p.add_argument("--recipe", type=Path, help="YAML recipe (default: only defaults and --set)")
+    from .recipe import bundled_recipes
+    p.add_argument("--recipe", help="a YAML recipe file, or the name of a bundled one ("
+                   + ", ".join(bundled_recipes()) + "); default: only defaults and --set")
     p.add_argument("--out", type=Path, help="output directory (default with --resume: the resumed run)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override recipe keys, e.g. --set train.max_steps=200 model.n_layer=6")
@@ -66,7 +69,40 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+@contextlib.contextmanager
+def _no_empty_dir_on_error(path: Path | None, keep: tuple[str, ...] = ()):
+    """If the command fails, remove ``path`` and the parents it made — when they did not exist before and
+    hold nothing (or only the files named in ``keep``, which the command itself wrote): an error never
+    leaves an empty output directory behind. A directory holding anything else is left alone."""
+    created = []
+    if path is not None:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in created:  # innermost first
+            try:
+                inside = list(d.iterdir()) if d.is_dir() and not d.is_symlink() else None
+                ours = keep if d == created[0] else ()
+                if inside is None or any(f.name not in ours or not f.is_file() for f in inside):
+                    break
+                for f in inside:
+                    f.unlink()
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def _train(args) -> int:
+    with _no_empty_dir_on_error(args.out, keep=("config.json",)):
+        return _train_in(args)
+
+
+def _train_in(args) -> int:
     from .core import Trainer, checkpoint
     from .recipe import Recipe
     if args.resume is not None and args.recipe is None:
@@ -277,8 +313,9 @@ def _add_bench(sub) -> None:
 
 def _bench(args, run) -> int:
     from .core.checkpoint import ensure_dir
-    ensure_dir(args.out, "--out")  # before the suite's runs, not after them
-    return run(args)
+    with _no_empty_dir_on_error(args.out):
+        ensure_dir(args.out, "--out")  # before the suite's runs, not after them
+        return run(args)
 
 
 def parser() -> argparse.ArgumentParser:

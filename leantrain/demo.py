@@ -11,12 +11,11 @@ from .core import Trainer
 from .recipe import Recipe
 
 OUT = Path("demo_out")
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# (label, recipe file, --set overrides). The baseline is nanoGPT's CPU recipe, shortened to 1000 steps.
+# (label, bundled recipe, --set overrides). The baseline is nanoGPT's CPU recipe, shortened to 1000 steps.
 DEMO_RUNS = [
-    ("baseline", "baseline_char.yaml", ["train.max_steps=1000"]),
+    ("baseline", "baseline_char", ["train.max_steps=1000"]),
     # RaPTr on the same model: random paths of 2 → 3 → 4 of the 4 blocks (0.75 of the block FLOPs).
-    ("raptr", "raptr_char.yaml", ["train.max_steps=1000"]),
+    ("raptr", "raptr_char", ["train.max_steps=1000"]),
 ]
 
 
@@ -46,7 +45,7 @@ def main() -> int:
     summaries, curves = {}, {}
     for label, recipe_file, overrides in DEMO_RUNS:
         print(f"== {label}: {recipe_file} {' '.join(overrides)}", flush=True)
-        recipe = Recipe.load(RECIPES / recipe_file, overrides)
+        recipe = Recipe.load(recipe_file, overrides)
         summaries[label] = Trainer(recipe, OUT / label, overwrite=True).fit()
         curves[label] = [json.loads(x) for x in (OUT / label / "metrics.jsonl").read_text().splitlines()]
     base = summaries[DEMO_RUNS[0][0]]

@@ -17,6 +17,32 @@ from .config import apply_overrides, build, check, load_yaml, to_dict
 from .errors import ConfigError
 from .registry import get_data, get_method, get_model
 
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
+"""Recipes installed with the package (``leantrain/recipes/NAME.yaml``), loaded by ``NAME``."""
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(path_or_name: str | Path) -> Path:
+    """A recipe file: an existing path as given, else a bundled recipe by name (``baseline_char`` or
+    ``baseline_char.yaml``). A bare name never shadows a file of that name in the working directory."""
+    path = Path(path_or_name)
+    if path.is_file() or len(path.parts) != 1:
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path} (bundled recipes, by name: "
+                              f"{', '.join(bundled_recipes())})")
+        return path
+    bundled = BUNDLED_RECIPES / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if bundled.is_file():
+        return bundled
+    close = difflib.get_close_matches(path.stem, bundled_recipes(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"recipe not found: {path_or_name} is neither a file nor a bundled recipe{hint}; "
+                      f"bundled: {', '.join(bundled_recipes())}")
+
 
 @dataclass
 class TrainConfig:
@@ -145,7 +171,9 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> "Recipe":
-        data = load_yaml(path) if path else {}
+        """A YAML recipe file, or a bundled recipe by name (``Recipe.load("baseline_char")``), with
+        ``key=value`` overrides applied."""
+        data = load_yaml(find_recipe(path)) if path else {}
         return cls.from_dict(apply_overrides(data, list(overrides)))
 
     def __post_init__(self) -> None:
