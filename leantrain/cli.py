@@ -56,13 +56,17 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a recipe", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a recipe (YAML) into an output directory.",
                        epilog=_config_help())
-    from .recipe import bundled_recipes
+    from .recipe import TrainConfig, bundled_recipes
     p.add_argument("--recipe", help="a YAML recipe file, or the name of a bundled one ("
                    + ", ".join(bundled_recipes()) + "); default: only defaults and --set")
     p.add_argument("--out", type=Path, help="output directory (default with --resume: the resumed run)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override recipe keys, e.g. --set train.max_steps=200 model.n_layer=6")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue from a run or checkpoint directory")
+    p.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: accept these changed recipe keys (e.g. train.lr, methods.raptr.scale; "
+                   "a section such as train allows all of its keys). Without it a resume refuses changed "
+                   "settings, except train." + ", train.".join(sorted(TrainConfig.FREE_ON_RESUME)))
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     p.add_argument("--until", type=int, metavar="STEP", help="stop (with a checkpoint) after this step")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -118,8 +122,10 @@ def _train_in(args) -> int:
         out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else args.resume
     if args.until is not None and args.until <= 0:
         raise LeantrainError(f"--until must be positive, got {args.until}")
+    if args.allow_changes and args.resume is None:
+        raise LeantrainError("--allow-changes applies to --resume (a new run has nothing to change)")
     trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
-                      progress=False if args.quiet else None)
+                      progress=False if args.quiet else None, allow_changes=args.allow_changes)
     s = trainer.fit(until=args.until)
     if trainer.main and not args.quiet:
         print(done_line(s, trainer.data.unit, out))

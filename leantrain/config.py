@@ -116,14 +116,14 @@ def coerce(value: Any, tp: Any, key: str, numbers_from_text: bool = True) -> Any
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         (arg, *_) = typing.get_args(tp) or (Any,)
-        items = [coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, arg, f"{key}[{i}]", numbers_from_text) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
+        return build(tp, value, key, numbers_from_text)
     if tp is type(None):
         if value is None:
             return None
@@ -144,8 +144,10 @@ def coerce(value: Any, tp: Any, key: str, numbers_from_text: bool = True) -> Any
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {raw!r}")
 
 
-def build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Make ``cls`` from a mapping, rejecting unknown keys and wrong types; then ``validate()``."""
+def build(cls: type, data: Any, prefix: str = "", numbers_from_text: bool = True) -> Any:
+    """Make ``cls`` from a mapping, rejecting unknown keys and wrong types; then ``validate()``.
+    ``numbers_from_text``: accept strings that spell numbers for int/float fields (text from YAML and
+    ``--set``); False checks values made in Python, where a string is a bug."""
     if isinstance(data, cls):
         return data
     where = prefix or cls.__name__
@@ -162,7 +164,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(name), list(fields), n=1)
             hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}")
-        kwargs[name] = coerce(value, hints[name], key)
+        kwargs[name] = coerce(value, hints[name], key, numbers_from_text)
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         try:

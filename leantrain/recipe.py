@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .config import apply_overrides, build, check, load_yaml, to_dict
 from .errors import ConfigError
@@ -96,6 +97,14 @@ class TrainConfig:
     threads: int | None = None
     """torch.set_num_threads; null = leave PyTorch's default."""
 
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({
+        "max_steps", "eval_interval", "log_interval", "checkpoint_interval", "threads", "device"})
+    """Train keys a resumed run may change without ``--allow-changes``: how long the run goes (extending
+    ``max_steps`` also stretches a cosine that spans the run — reported like every change), how often it
+    evaluates, logs and saves, and where it runs. Every other changed key (lr, seed, batch_size, the
+    schedule, eval_iters — which would make later figures incomparable with earlier ones —, data and
+    method options) is refused unless allowed."""
+
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "eval_interval", "eval_iters", "log_interval"):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
@@ -111,7 +120,9 @@ class TrainConfig:
         check(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
         check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps, "lr_decay_steps",
               "must exceed warmup_steps")
-        check(self.threads is None or self.threads > 0, "threads", "must be positive")
+        most = 4 * (os.cpu_count() or 1)  # far beyond what helps; huge counts crash PyTorch's pools
+        check(self.threads is None or 0 < self.threads <= most, "threads",
+              f"must be in [1, {most}] (4 × this machine's {os.cpu_count()} CPUs), got {self.threads}")
 
     @property
     def decay_steps(self) -> int:

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from ..errors import ConfigError, LeantrainError, RunStopped
 from ..recipe import Recipe
 from ..registry import get_data, get_method, get_model, model_task
 from . import checkpoint, distributed
+from . import resume as resume_checks
 from .evaluation import EvalResult, evaluate
 from .events import Event
 from .method import Method
@@ -86,13 +88,16 @@ class Trainer:
     """Train ``recipe`` into ``out_dir``.
 
     ``methods`` adds Method objects made in Python to those the recipe names. ``resume`` is a run
-    or checkpoint directory to continue from; ``overwrite`` allows replacing another run in
-    ``out_dir``. Everything is checked before anything is written.
+    or checkpoint directory to continue from: on other data (``Task.fingerprint``) it is refused, and
+    so is a recipe key changed since the checkpoint unless it is in ``TrainConfig.FREE_ON_RESUME`` or
+    ``allow_changes`` (dotted keys or sections: ``["train.lr", "methods.raptr"]``); allowed changes
+    are printed. ``overwrite`` allows replacing another run in ``out_dir``. Everything is checked
+    before anything is written.
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | Path | None = None, *, methods: list[Method] = (),
                  resume: str | Path | None = None, overwrite: bool = False, progress: bool | None = None,
-                 verbose: bool = True):
+                 verbose: bool = True, allow_changes: Iterable[str] = ()):
         self.recipe = recipe
         t = recipe.train
         if t.threads:
@@ -124,12 +129,18 @@ class Trainer:
                            evaluate=self.evaluate_split, verbose=self.verbose)
         for m in self.methods:
             # Methods made in Python carry configs that never went through build(): check them too.
-            build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
+            build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}", numbers_from_text=False)
             m.check(self.state)
 
         ckpt = checkpoint.load(resume) if resume is not None else None
+        self.data_fingerprint = self.data.fingerprint()
         if ckpt is not None:
             self._check_compatible(ckpt)
+            resume_checks.check_data(ckpt.path, ckpt.meta, self.data_fingerprint, self.data.meta())
+            changes = resume_checks.recipe_changes(ckpt.path, ckpt.meta["recipe"], recipe.to_dict(),
+                                                   type(t).FREE_ON_RESUME, allow_changes)
+            if changes and self.verbose:
+                print(resume_checks.describe_changes(changes), flush=True)
             for m, saved in zip(self.methods, ckpt.meta["methods"]):
                 m.load_state_dict(saved["state"])
         for m in self.methods:
@@ -289,7 +300,7 @@ class Trainer:
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
-                "val_step": self.val_step,
+                "val_step": self.val_step, "data_fingerprint": self.data_fingerprint,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
         checkpoint.save(self.out_dir, self.state.step, meta, tensors)
 
