@@ -71,3 +71,24 @@ def test_a_train_error_after_the_output_directory_exists_removes_only_what_it_ma
     (keep / "notes.txt").write_text("mine")
     assert main(argv + [str(keep)]) == 2  # a directory the user made: left as it was, with the recipe
     assert sorted(p.name for p in keep.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_the_demo_interleaves_its_runs_and_matches_uninterrupted_ones(tmp_path):
+    """The demo's time ratio compares runs that saw the same load: turns of CHUNK steps, ABBA order,
+    each turn resumed exactly (so the figures are those of uninterrupted runs)."""
+    from leantrain import Trainer
+    from leantrain.demo import DEMO_RUNS, train_interleaved
+
+    from .conftest import read_metrics
+    assert all("train.threads=1" in overrides for _, _, overrides in DEMO_RUNS)
+    small = ["model.n_embd=16", "model.n_head=1", "model.block_size=16", "train.eval_interval=2",
+             "train.eval_iters=1", "train.batch_size=2", "train.warmup_steps=1", "train.log_interval=1"]
+    runs = [(label, name, [*overrides, *small, "train.max_steps=6"]) for label, name, overrides in DEMO_RUNS]
+    order = []
+    summaries = train_interleaved(runs, tmp_path / "demo", 6, 2, log=lambda line: order.append(line.split()[0]))
+    assert order == ["baseline", "raptr", "raptr", "baseline", "baseline", "raptr"]
+    for label, name, overrides in runs:
+        straight = Trainer(Recipe.load(name, overrides), tmp_path / label, verbose=False, progress=False).fit()
+        assert summaries[label]["final_val_loss"] == straight["final_val_loss"] and summaries[label]["steps"] == 6
+        assert [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in read_metrics(tmp_path / "demo" / label)] \
+            == [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in read_metrics(tmp_path / label)]

@@ -13,6 +13,7 @@ SHA-256, so truncation or bit rot is reported instead of silently loaded.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -127,6 +128,9 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
+    if (root / name).exists():  # a second checkpoint of this step (e.g. after end-of-run work): another
+        name = next(f"{name}-{k}" for k in itertools.count(2)  # name, so `latest` never names a
+                    if not (root / f"{name}-{k}").exists())     # directory being replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         meta = {**meta, "format": FORMAT, "step": step, "sha256": {}}
@@ -138,8 +142,6 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         _fsync(tmp / "state.json")
         final = root / name
-        if final.exists():
-            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

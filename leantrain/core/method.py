@@ -79,6 +79,14 @@ class Method:
         ``state.on_nonfinite``)."""
         raise NotImplementedError
 
+    def finish(self, state: State) -> bool:
+        """End-of-run work that may take long (e.g. scoring every configuration of a family), on a run
+        that reached ``max_steps``: it runs after ``FIT_END`` and after the final checkpoint is written,
+        so an interruption loses nothing — ``--resume`` of that checkpoint runs only this again. Keep its
+        results in the method's state; return True if it did work (the trainer then checkpoints again),
+        False if there was nothing (left) to do. Show long work with ``state.track``."""
+        return False
+
     def flop_key(self, state: State) -> Hashable:
         """Anything besides the batch and ``model.shape_key()`` that changes a step's FLOPs."""
         return None

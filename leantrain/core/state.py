@@ -53,6 +53,8 @@ class State:
     run's state is untouched). Set by the trainer, for methods that need a measurement."""
     verbose: bool = True
     """Whether console messages show (the trainer's ``verbose``: false with ``--quiet``)."""
+    show_progress: bool = False
+    """Whether progress bars show (the trainer's ``progress``: on a terminal, unless quiet)."""
 
     @property
     def max_steps(self) -> int:
@@ -65,6 +67,18 @@ class State:
 
     def log(self, key: str, value: Any) -> None:
         self.metrics[key] = value
+
+    def track(self, items, what: str) -> list:
+        """``items`` to work through (end-of-run work, ``Method.finish``), shown: a progress bar on a
+        terminal, else one line saying what runs and how many; nothing when quiet (or not rank 0)."""
+        items = list(items)
+        if not self.verbose or self.rank != 0:
+            return items
+        if self.show_progress:
+            from tqdm import tqdm
+            return tqdm(items, desc=what, dynamic_ncols=True)
+        print(f"{what}: {len(items)} to go", flush=True)
+        return items
 
     def say(self, text: str) -> None:
         """A console message from a method (a schedule's summary, end-of-run work): printed once, by

@@ -168,6 +168,7 @@ class Trainer:
             self._restore(ckpt)
         self._wrap()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.main
+        self.state.show_progress = self.progress
 
     # -- setup ---------------------------------------------------------------------------------
     def _eval_batches(self, split: str, whole: bool = False) -> list:
@@ -537,14 +538,26 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self.dispatch(Event.FIT_END)
-        if s.step >= t.max_steps and "test" in self.data.splits:
-            # The test split is scored once, at the end, and never used for choices.
-            self.test_figures = self.evaluate_split("test").row("test")
-        self.save_checkpoint()
+        self.save_checkpoint()  # before any end-of-run work: an interruption there loses no training
+        if s.step >= t.max_steps:
+            self._finish()
         summary = self.summary()
         if self.main and self.out_dir is not None:
             checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
+
+    def _finish(self) -> None:
+        """End-of-run work after the final checkpoint: methods' ``finish`` (checkpointed again if any
+        worked), then the test split, scored once, at the end, and never used for choices. A Ctrl-C here
+        stops with the checkpoint of the last step: ``--resume`` runs only this work again."""
+        try:
+            if sum(bool(m.finish(self.state)) for m in self.methods):
+                self.save_checkpoint()
+            if "test" in self.data.splits:
+                self.test_figures = self.evaluate_split("test").row("test")
+        except KeyboardInterrupt:
+            raise self._stopped(f"interrupted in the end-of-run work after step {self.state.step} (training "
+                                "is complete and checkpointed; --resume does only this work)", exit_code=130) from None
 
     def _catch_interrupts(self):
         """While training, a first Ctrl-C (SIGINT) asks to stop after the current step with a
