@@ -49,7 +49,10 @@ def test_an_interrupt_during_scoring_keeps_the_run_and_resume_only_scores(anchor
     monkeypatch.setattr(TrainerClass, "evaluate_split", interrupted)
     run = tmp_path / "run"
     with pytest.raises(RunStopped) as e:
-        Trainer(Recipe.from_dict(snnet(anchors)), run, verbose=True, progress=False).fit()
+        try:
+            Trainer(Recipe.from_dict(snnet(anchors)), run, verbose=True, progress=False).fit()
+        except KeyboardInterrupt:
+            pytest.fail("a Ctrl-C in the end-of-run work escaped without a summary")
     assert e.value.exit_code == 130 and "end-of-run work after step 6" in str(e.value)
     assert "snnet: scoring every configuration (the run's fixed validation batches): 12 to go" in capsys.readouterr().out
     meta = checkpoint.read_meta(run)  # the checkpoint was written before the scoring began
