@@ -38,12 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [*sorted((ROOT / "leantrain" / "methods").glob("*/README.md")), ROOT / "README.md"]
 CORPUS = ROOT / "leantrain" / "data" / "datasets" / "shakespeare_char.txt"
 
-TEXT_SETS = ["train.max_steps=4", "train.eval_interval=2", "train.eval_iters=1", "train.warmup_steps=1",
-             "train.log_interval=1", "train.batch_size=2", "model.block_size=16"]
-ARRAY_SETS = ["train.max_steps=4", "train.eval_interval=2", "train.warmup_steps=1", "train.log_interval=1",
-              "train.batch_size=8", "data.num_samples=400"]
+TRAIN_SETS = ["train.max_steps=4", "train.eval_interval=2", "train.eval_iters=1", "train.warmup_steps=1",
+              "train.log_interval=1"]
+DATA_SETS = {  # by data kind; {small} is a 40k-character slice of the bundled corpus
+    "text": ["train.batch_size=2", "data.path={small}"],
+    "mnist1d": ["train.batch_size=8", "data.num_samples=400"],
+}
+MODEL_SETS = {"block_size": "model.block_size=16"}  # where the model has the field: short contexts
 EXTRA_SETS = {  # a substring of a train command -> more tiny settings it needs
     "name: grow": ["methods.grow.operator_steps=2"],
+}
+PREPARE: dict = {  # a substring of a command -> a function(cwd) making inputs it reads (none needed yet)
 }
 RESUMED_STEPS = "train.max_steps=6"  # a resume goes on a little (a free change)
 
@@ -238,10 +243,11 @@ def tiny_sets(args: list[str], cwd: Path, small: Path) -> list[str]:
     from leantrain.core import checkpoint
     parsed = parser().parse_args(args)
     if parsed.resume is not None and parsed.recipe is None:
-        data = checkpoint.read_meta(cwd / parsed.resume)["recipe"]["data"].get("name", "text")
+        recipe = Recipe.from_dict(checkpoint.read_meta(cwd / parsed.resume)["recipe"])
     else:
-        data = Recipe.load(parsed.recipe, parsed.overrides).data_name
-    sets = list(TEXT_SETS + [f"data.path={small}"] if data == "text" else ARRAY_SETS)
+        recipe = Recipe.load(parsed.recipe, parsed.overrides)
+    sets = TRAIN_SETS + [s.format(small=small) for s in DATA_SETS.get(recipe.data_name, [])]
+    sets += [v for field, v in MODEL_SETS.items() if hasattr(recipe.model, field)]
     if parsed.resume is not None:
         sets.append(RESUMED_STEPS)
     joined = shlex.join(args)
@@ -277,6 +283,9 @@ def run_item(item: Item, cwd: Path, small: Path, capsys) -> None:
     if argv[0] in ("make", "torchrun") or argv[:2] == ["leantrain", "bench"]:
         check_not_run(item)
         return
+    for key, prepare in PREPARE.items():
+        if key in item.text:
+            prepare(cwd)
     if item.text in SUBPROCESS:
         program = [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", "leantrain", *argv[1:]]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
