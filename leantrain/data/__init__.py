@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -143,9 +144,9 @@ def tensor_digest(*tensors) -> str:
         if t is None:
             h.update(b"none")
             continue
-        a = t.numpy() if isinstance(t, torch.Tensor) else t
+        a = np.ascontiguousarray(t.numpy() if isinstance(t, torch.Tensor) else t)
         h.update(f"{a.dtype}{tuple(a.shape)}".encode())
-        h.update(memoryview(a.tobytes()))
+        h.update(memoryview(a).cast("B"))  # no copy
     return h.hexdigest()
 
 
