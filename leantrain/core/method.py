@@ -14,8 +14,10 @@ it then counts as the run's one step strategy.
 
 Lifecycle: ``check`` (validate against the built model) → ``setup`` (attach modules or change the
 model before the optimizer exists; also on resume, before the checkpoint is loaded) → ``restore``
-(on resume: replay step-dependent structure) → events. State that is not JSON (tensors of an
-operator, its own optimizer) goes through ``tensors`` / ``load_tensors`` into the checkpoint.
+(on resume: replay step-dependent structure) → events → ``finish`` (long end-of-run work, after the
+final checkpoint). State that is not JSON (tensors of an operator, its own optimizer) goes through
+``tensors`` / ``load_tensors`` into the checkpoint. Console messages go through ``state.say`` (quiet
+runs stay quiet), long work through ``state.track`` (a progress bar).
 
 Capability flags tell the trainer what a method needs instead of the trainer knowing methods.
 """
