@@ -4,6 +4,7 @@ Bad input exits 2 with one line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import textwrap
 from pathlib import Path
@@ -55,11 +56,17 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a recipe", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a recipe (YAML) into an output directory.",
                        epilog=_config_help())
-    p.add_argument("--recipe", type=Path, help="YAML recipe (default: only defaults and --set)")
+    from .recipe import TrainConfig, bundled_recipes
+    p.add_argument("--recipe", help="a YAML recipe file, or the name of a bundled one ("
+                   + ", ".join(bundled_recipes()) + "); default: only defaults and --set")
     p.add_argument("--out", type=Path, help="output directory (default with --resume: the resumed run)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override recipe keys, e.g. --set train.max_steps=200 model.n_layer=6")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue from a run or checkpoint directory")
+    p.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: accept these changed recipe keys (e.g. train.lr, methods.raptr.scale; "
+                   "a section such as train allows all of its keys). Without it a resume refuses changed "
+                   "settings, except train." + ", train.".join(sorted(TrainConfig.FREE_ON_RESUME)))
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     p.add_argument("--until", type=int, metavar="STEP", help="stop (with a checkpoint) after this step")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -69,7 +76,40 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+@contextlib.contextmanager
+def _no_empty_dir_on_error(path: Path | None, keep: tuple[str, ...] = ()):
+    """If the command fails, remove ``path`` and the parents it made — when they did not exist before and
+    hold nothing (or only the files named in ``keep``, which the command itself wrote): an error never
+    leaves an empty output directory behind. A directory holding anything else is left alone."""
+    created = []
+    if path is not None:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in created:  # innermost first
+            try:
+                inside = list(d.iterdir()) if d.is_dir() and not d.is_symlink() else None
+                ours = keep if d == created[0] else ()
+                if inside is None or any(f.name not in ours or not f.is_file() for f in inside):
+                    break
+                for f in inside:
+                    f.unlink()
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def _train(args) -> int:
+    with _no_empty_dir_on_error(args.out, keep=("config.json",)):
+        return _train_in(args)
+
+
+def _train_in(args) -> int:
     from .core import Trainer, checkpoint
     from .recipe import Recipe
     if args.resume is not None and args.recipe is None:
@@ -85,15 +125,15 @@ def _train(args) -> int:
         out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else args.resume
     if args.until is not None and args.until <= 0:
         raise LeantrainError(f"--until must be positive, got {args.until}")
+    if args.allow_changes and args.resume is None:
+        raise LeantrainError("--allow-changes applies to --resume (a new run has nothing to change)")
     if args.dry_run:
         return _dry_run(recipe, out, args)
     trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet,
-                      progress=False if args.quiet else None)
+                      progress=False if args.quiet else None, allow_changes=args.allow_changes)
     s = trainer.fit(until=args.until)
     if trainer.main and not args.quiet:
-        print(f"done: {s['steps']} steps, val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
-              f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s, {s['tokens_per_second']:.0f} tok/s "
-              f"-> {out}")
+        print(done_line(s, trainer.data.unit, out))
     return 0  # under torchrun, main() leaves the process group (exit_worker)
 
 
@@ -103,7 +143,7 @@ def _dry_run(recipe, out, args) -> int:
 
     from .core import Trainer
     trainer = Trainer(recipe, out, resume=args.resume, overwrite=args.overwrite, verbose=False,
-                      progress=False, dry_run=True)
+                      progress=False, dry_run=True, allow_changes=args.allow_changes)
     r = trainer.dry_run_report()
     if trainer.main:
         t = recipe.train
@@ -116,6 +156,22 @@ def _dry_run(recipe, out, args) -> int:
               f"{r['estimated_train_flops']:.3e} training FLOPs (methods that change the model change it)")
         print(f"dry run: nothing was written{f' (a run would write {out})' if out else ''}")
     return 0
+def done_line(s: dict, unit: str, out) -> str:
+    """The last line of ``leantrain train``: the run's figures in the data's own terms (text: loss and
+    tokens/s; classification: loss, top-1 error and samples/s, and the test split's once scored)."""
+    figures = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f})"
+    if s.get("final_val_error") is not None:
+        figures += f", val error {s['final_val_error']:.2f}% (best {s['best_val_error']:.2f}%)"
+    if s.get("test_error") is not None:
+        figures += f", test error {s['test_error']:.2f}%"
+    if s.get("val_step") not in (None, s["steps"]):  # --until between evaluations: say which step
+        figures = f"{figures} from the evaluation at step {s['val_step']}"
+    rate = {"tokens": "tok/s", "samples": "samples/s"}.get(unit, f"{unit}/s")
+    steps = f"{s['steps']} steps"
+    if not s.get("finished", True):
+        steps = f"stopped after step {s['steps']} of {s['config']['train']['max_steps']} (--resume continues)"
+    return (f"done: {steps}, {figures}, {s['train_flops']:.3e} FLOPs, "
+            f"{s['wall_seconds']:.1f}s, {s[f'{unit}_per_second']:.0f} {rate} -> {out}")
 
 
 def _add_sample(sub) -> None:
@@ -142,6 +198,9 @@ def sample_text(ckpt_dir, prompt="\n", tokens=300, temperature=0.8, top_k=40, se
     from .data.tokenizer import codec_from_meta
     if tokens <= 0 or temperature <= 0 or top_k <= 0:
         raise LeantrainError("--tokens, --temperature and --top-k must be positive")
+    if not prompt:  # generation continues a context: it needs at least one token
+        raise LeantrainError("--prompt is empty: give at least one character to continue (the default "
+                             "is a newline)")
     trained = load_trained(ckpt_dir)
     if trained.task != "lm" or not hasattr(trained.model, "generate"):
         raise LeantrainError(f"{ckpt_dir} holds a {trained.recipe.model_name!r} model trained on "
@@ -315,8 +374,9 @@ def _add_bench(sub) -> None:
 
 def _bench(args, run) -> int:
     from .core.checkpoint import ensure_dir
-    ensure_dir(args.out, "--out")  # before the suite's runs, not after them
-    return run(args)
+    with _no_empty_dir_on_error(args.out):
+        ensure_dir(args.out, "--out")  # before the suite's runs, not after them
+        return run(args)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import decimal
 import difflib
 import functools
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -76,17 +78,33 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
+def parse_number(value: Any) -> decimal.Decimal | None:
+    """The number a string spells (``2e-3``, ``1E-4``, ``.5``, ``1_000``, ``+5``), exactly; else None.
+
+    YAML 1.1 (PyYAML) reads ``2e-3`` and ``1E-4`` as strings (its floats need a dot and a signed
+    exponent), so numeric fields parse strings themselves: a user's spelling never decides the type."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?(\d+(_\d+)*(\.(\d+(_\d+)*)?)?|\.\d+(_\d+)*)([eE][+-]?\d+(_\d+)*)?", text):
+        return None
+    return decimal.Decimal(text.replace("_", ""))
+
+
+def coerce(value: Any, tp: Any, key: str, numbers_from_text: bool = True) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, integral floats for
+    ints, and (``numbers_from_text``) strings that spell a number for both."""
+    origin, raw = typing.get_origin(tp), value
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return coerce(value, arg, key)
-            except ConfigError:
-                pass
+        # an exact match first (a string stays a string where the union allows one), then numbers from text
+        for lenient in (False, True) if numbers_from_text else (False,):
+            for arg in typing.get_args(tp):
+                try:
+                    return coerce(value, arg, key, lenient)
+                except ConfigError:
+                    pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -98,32 +116,38 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         (arg, *_) = typing.get_args(tp) or (Any,)
-        items = [coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, arg, f"{key}[{i}]", numbers_from_text) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
+        return build(tp, value, key, numbers_from_text)
     if tp is type(None):
         if value is None:
             return None
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif tp in (int, float):
+        number = parse_number(value) if numbers_from_text else None
+        if number is not None:
+            value = float(number) if tp is float or number != number.to_integral_value() else int(number)
+        if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+                raise ConfigError(f"{key}: must be a finite number, got {raw!r}")
             return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e3 or 1000.0 for a count
+        if tp is int and isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {raw!r}")
 
 
-def build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Make ``cls`` from a mapping, rejecting unknown keys and wrong types; then ``validate()``."""
+def build(cls: type, data: Any, prefix: str = "", numbers_from_text: bool = True) -> Any:
+    """Make ``cls`` from a mapping, rejecting unknown keys and wrong types; then ``validate()``.
+    ``numbers_from_text``: accept strings that spell numbers for int/float fields (text from YAML and
+    ``--set``); False checks values made in Python, where a string is a bug."""
     if isinstance(data, cls):
         return data
     where = prefix or cls.__name__
@@ -140,7 +164,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(name), list(fields), n=1)
             hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}")
-        kwargs[name] = coerce(value, hints[name], key)
+        kwargs[name] = coerce(value, hints[name], key, numbers_from_text)
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         try:

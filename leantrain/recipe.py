@@ -9,13 +9,40 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .config import apply_overrides, build, check, load_yaml, to_dict
 from .errors import ConfigError
 from .registry import get_data, get_method, get_model
+
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
+"""Recipes installed with the package (``leantrain/recipes/NAME.yaml``), loaded by ``NAME``."""
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(path_or_name: str | Path) -> Path:
+    """A recipe file: an existing path as given, else a bundled recipe by name (``baseline_char`` or
+    ``baseline_char.yaml``). A bare name never shadows a file of that name in the working directory."""
+    path = Path(path_or_name)
+    if path.is_file() or len(path.parts) != 1:
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path} (bundled recipes, by name: "
+                              f"{', '.join(bundled_recipes())})")
+        return path
+    bundled = BUNDLED_RECIPES / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if bundled.is_file():
+        return bundled
+    close = difflib.get_close_matches(path.stem, bundled_recipes(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"recipe not found: {path_or_name} is neither a file nor a bundled recipe{hint}; "
+                      f"bundled: {', '.join(bundled_recipes())}")
 
 
 @dataclass
@@ -113,6 +140,18 @@ class TrainConfig:
     threads: int | None = None
     """torch.set_num_threads; null = leave PyTorch's default."""
 
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({
+        "max_steps", "eval_interval", "log_interval", "checkpoint_interval", "threads", "device",
+        "log_to", "keep_checkpoints", "keep_best", "early_stop_patience", "compile", "compile_backend",
+        "host_sync"})
+    """Train keys a resumed run may change without ``--allow-changes``: how long the run goes (extending
+    ``max_steps`` also stretches a cosine that spans the run — reported like every change), how often it
+    evaluates, logs and saves, where it runs, what it logs and keeps, when it stops early, and how steps
+    are executed (compile, host sync: the same maths, other kernels, so not bit-exact with an
+    uninterrupted run). Every other changed key (lr, seed, batch_size, grad_accum_steps, precision, the
+    schedule, eval_iters — which would make later figures incomparable with earlier ones —, data and
+    method options) is refused unless allowed."""
+
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "eval_interval", "eval_iters", "log_interval"):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
@@ -128,7 +167,6 @@ class TrainConfig:
         check(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
         check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps, "lr_decay_steps",
               "must exceed warmup_steps")
-        check(self.threads is None or self.threads > 0, "threads", "must be positive")
         check(self.grad_accum_steps > 0, "grad_accum_steps", f"must be positive, got {self.grad_accum_steps}")
         check(0 < self.wsd_decay <= 1, "wsd_decay", f"must be in (0, 1], got {self.wsd_decay}")
         check(self.early_stop_patience >= 0, "early_stop_patience", "must be ≥ 0 (0 = off)")
@@ -144,6 +182,9 @@ class TrainConfig:
     def autocast_precision(self) -> str:
         """The precision in effect: ``precision``, or bf16 for the deprecated ``amp: true``."""
         return "bf16" if self.amp else self.precision
+        most = 4 * (os.cpu_count() or 1)  # far beyond what helps; huge counts crash PyTorch's pools
+        check(self.threads is None or 0 < self.threads <= most, "threads",
+              f"must be in [1, {most}] (4 × this machine's {os.cpu_count()} CPUs), got {self.threads}")
 
     @property
     def decay_steps(self) -> int:
@@ -203,7 +244,9 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> "Recipe":
-        data = load_yaml(path) if path else {}
+        """A YAML recipe file, or a bundled recipe by name (``Recipe.load("baseline_char")``), with
+        ``key=value`` overrides applied."""
+        data = load_yaml(find_recipe(path)) if path else {}
         return cls.from_dict(apply_overrides(data, list(overrides)))
 
     def __post_init__(self) -> None:

@@ -60,3 +60,28 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         Recipe.load(f)
     with pytest.raises(ConfigError, match="recipe file not found"):
         Recipe.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("2e-3", "train.lr", 2e-3), ("1E-4", "train.min_lr", 1e-4), (".5", "model.dropout", 0.5),
+    ("1_000", "train.max_steps", 1000), ("1e3", "train.max_steps", 1000), ("+5", "train.threads", 5),
+    ("1.0e-3", "train.lr", 1e-3), ("3", "train.lr", 3.0), ("1_000.5", "train.max_steps", None),
+    ("2.5e0", "train.warmup_steps", None), ("1e400", "train.lr", None), ("1e-3x", "train.lr", None),
+])
+def test_every_spelling_of_a_number_is_a_number(tmp_path, text, key, expected):
+    """Issue 18 bug 4: YAML 1.1 reads 2e-3 / 1E-4 as strings; int and float fields accept any spelling
+    (from --set and from a recipe file alike), and a non-number or a fraction for a count is refused."""
+    section, name = key.split(".")
+    f = tmp_path / "r.yaml"
+    f.write_text(f"{section}:\n  {name}: {text}\n")
+    for load in (lambda: Recipe.load(None, [f"{key}={text}"]), lambda: Recipe.load(f)):
+        if expected is None:
+            with pytest.raises(ConfigError, match=rf"{key}: (expected|must be)"):
+                load()
+        else:
+            got = getattr(getattr(load(), section), name)
+            assert got == expected and type(got) is type(expected)
+
+
+def test_a_number_spelled_in_a_string_field_stays_text():
+    assert Recipe.load(None, ["data.path=1e3"]).data.path == "1e3"

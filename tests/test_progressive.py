@@ -152,7 +152,7 @@ def test_expected_flop_fraction_matches_a_measured_run(tmp_path, entry, fraction
 # ------------------------------------------------------------------------------- RaPTr in training
 def test_raptr_prints_and_logs_its_schedule(tmp_path, capsys):
     entry = raptr((0.25, 2), (0.25, 3), (0.5, 4), sampling="fixed_count", warmup=0.25)
-    fit(tiny(train={"log_interval": 1}, methods=[entry]), tmp_path)
+    Trainer(Recipe.from_dict(tiny(train={"log_interval": 1}, methods=[entry])), tmp_path, progress=False).fit()
     assert "expected FLOP fraction of the blocks 0.875" in capsys.readouterr().out  # (3·4+2·2+2·3+5·4)/48
     rows = [r for r in read_metrics(tmp_path) if r["step"] > 0]
     assert [r["raptr/stage"] for r in rows] == [0] * 3 + [1] * 2 + [2] * 2 + [3] * 5

@@ -283,9 +283,9 @@ PAR_MODES = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2-
 
 
 def parallel_recipe(steps: int, threads: int, cuts: list[int], parallel: str) -> dict:
-    recipe_file = Path(__file__).resolve().parents[2] / "recipes" / "resnet32_mnist1d.yaml"
+    from ..recipe import BUNDLED_RECIPES
     import yaml
-    r = yaml.safe_load(recipe_file.read_text())
+    r = yaml.safe_load((BUNDLED_RECIPES / "resnet32_mnist1d.yaml").read_text())
     r["train"].update({"max_steps": steps, "warmup_steps": steps // 20, "eval_interval": steps,
                        "log_interval": steps // 6, "threads": threads})
     r["methods"] = [{"name": "local", "variant": "greedy", "cuts": cuts, "parallel": parallel}]
@@ -346,7 +346,7 @@ def run_parallel(args, rounds: int) -> str:
     goal = ratio[PAR_MODES[2][0]] >= 1.6 and ratio[PAR_MODES[2][0]] > ratio[PAR_MODES[1][0]]
     lines = ["# leantrain bench local --parallel", "", f"Command: `{cmd}`", "",
              *(["**--quick: short runs — a smoke test, not a result.**", ""] if args.quick else []),
-             f"ResNet-32 (1-D) on MNIST-1D (recipes/resnet32_mnist1d.yaml, {steps} steps of batch 128), greedy "
+             f"ResNet-32 (1-D) on MNIST-1D (the bundled recipe resnet32_mnist1d, {steps} steps of batch 128), greedy "
              f"local learning at K = 2, cut after unit {cuts[0]} of 16 (the cut balancing the units' measured "
              "forward + backward time on one thread). Each mode is a separate process (or a torchrun job), "
              f"interleaved per round, {rounds} round(s); throughput = training samples per second (the slowest "

@@ -14,7 +14,6 @@ import math
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch._dynamo
@@ -27,7 +26,7 @@ from . import register_bench
 from .common import mean_std, seeds_for, stderr_log, write_outputs
 
 # nanoGPT (karpathy/nanoGPT train.py + model.py, unmodified) run on leantrain's bundled corpus with
-# the recipe in recipes/baseline_char.yaml: `train.py config/train_shakespeare_char.py --device=cpu
+# the bundled recipe baseline_char (leantrain/recipes/baseline_char.yaml): `train.py config/train_shakespeare_char.py --device=cpu
 # --compile=False --eval_iters=20 --eval_interval=250 --block_size=64 --batch_size=12 --n_layer=4
 # --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0`, torch 2.13.0 CPU,
 # 2 cores, 2026-11-22 (seed 1337, its only one). Its eval draws 20 random validation batches; the
@@ -109,8 +108,8 @@ def leantrain_round(recipe: Recipe, steps: int, seed: int, **train) -> tuple[flo
 
 
 def _add_args(p) -> None:
-    p.add_argument("--recipe", type=Path, default=Path("recipes/baseline_char.yaml"),
-                   help="the baseline recipe (default: recipes/baseline_char.yaml)")
+    p.add_argument("--recipe", default="baseline_char",
+                   help="the baseline recipe: a bundled name or a YAML file (default: baseline_char)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both loops")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of the compiled rounds (default inductor; eager/aot_eager "

@@ -15,8 +15,10 @@ SHA-256, so truncation or bit rot is reported instead of silently loaded.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -136,6 +138,9 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
+    if (root / name).exists():  # a second checkpoint of this step (e.g. after end-of-run work): another
+        name = next(f"{name}-{k}" for k in itertools.count(2)  # name, so `latest` never names a
+                    if not (root / f"{name}-{k}").exists())     # directory being replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         meta = {**meta, "format": FORMAT, "step": step, "sha256": {}}
@@ -147,8 +152,6 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         _fsync(tmp / "state.json")
         final = root / name
-        if final.exists():
-            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,26 +159,29 @@ def save(run_dir: Path, step: int, meta: dict, tensors: dict[str, dict[str, torc
     write_text_atomic(root / "latest", name + "\n")
     if best:
         write_text_atomic(root / "best", name + "\n")
-    prune(root, step, keep)
+    prune(root, name, keep)
     return final
 
 
 POINTERS = ("latest", "best")
 
 
-def _step_of(name: str) -> int | None:
-    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+def _order(name: str) -> tuple[int, int] | None:
+    """(step, k) of a checkpoint directory name ``step_N`` or ``step_N-k`` (the k-th save of step N)."""
+    m = re.fullmatch(r"step_(\d+)(?:-(\d+))?", name)
+    return (int(m[1]), int(m[2] or 1)) if m else None
 
 
-def prune(root: Path, step: int, keep: int) -> list[str]:
-    """Remove checkpoints older than ``step`` beyond the ``keep`` newest (counting ``step``'s own),
-    except the one ``best`` names; returns the names removed. Checkpoints newer than ``step`` (left
-    by a timeline a resume from an older checkpoint abandoned) are not touched: a mistaken resume
-    never deletes a later good checkpoint (the next save at their step replaces them)."""
+def prune(root: Path, current: str, keep: int) -> list[str]:
+    """Remove checkpoints saved before ``current`` beyond the ``keep`` newest (counting ``current``),
+    except the one ``best`` names; returns the names removed. Checkpoints of later steps (left by a
+    timeline a resume from an older checkpoint abandoned) are not touched: a mistaken resume never
+    deletes a later good checkpoint (the next save at their step replaces them)."""
     best = root / "best"
     protected = {best.read_text().strip()} if best.is_file() else set()
-    older = sorted((s, d.name) for d in root.iterdir()
-                   if d.is_dir() and (s := _step_of(d.name)) is not None and s < step)
+    here = _order(current)
+    older = sorted((o, d.name) for d in root.iterdir()
+                   if d.is_dir() and (o := _order(d.name)) is not None and o < here)
     removed = [n for _, n in older[: max(0, len(older) - (keep - 1))] if n not in protected]
     for name in removed:
         shutil.rmtree(root / name, ignore_errors=True)

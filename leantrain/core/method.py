@@ -14,8 +14,10 @@ it then counts as the run's one step strategy.
 
 Lifecycle: ``check`` (validate against the built model) → ``setup`` (attach modules or change the
 model before the optimizer exists; also on resume, before the checkpoint is loaded) → ``restore``
-(on resume: replay step-dependent structure) → events. State that is not JSON (tensors of an
-operator, its own optimizer) goes through ``tensors`` / ``load_tensors`` into the checkpoint.
+(on resume: replay step-dependent structure) → events → ``finish`` (long end-of-run work, after the
+final checkpoint). State that is not JSON (tensors of an operator, its own optimizer) goes through
+``tensors`` / ``load_tensors`` into the checkpoint. Console messages go through ``state.say`` (quiet
+runs stay quiet), long work through ``state.track`` (a progress bar).
 
 Capability flags tell the trainer what a method needs instead of the trainer knowing methods.
 """
@@ -85,6 +87,14 @@ class Method:
         micro-batch; return its loss (detached). A strategy that steps optimizers of its own must not
         step them on a non-finite loss (see ``state.on_nonfinite``)."""
         raise NotImplementedError
+
+    def finish(self, state: State) -> bool:
+        """End-of-run work that may take long (e.g. scoring every configuration of a family), on a run
+        that reached ``max_steps``: it runs after ``FIT_END`` and after the final checkpoint is written,
+        so an interruption loses nothing — ``--resume`` of that checkpoint runs only this again. Keep its
+        results in the method's state; return True if it did work (the trainer then checkpoints again),
+        False if there was nothing (left) to do. Show long work with ``state.track``."""
+        return False
 
     def flop_key(self, state: State) -> Hashable:
         """Anything besides the batch and ``model.shape_key()`` that changes a step's FLOPs."""

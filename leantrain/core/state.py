@@ -81,6 +81,10 @@ class State:
             self.precision.backward(loss)
         else:
             loss.backward()
+    verbose: bool = True
+    """Whether console messages show (the trainer's ``verbose``: false with ``--quiet``)."""
+    show_progress: bool = False
+    """Whether progress bars show (the trainer's ``progress``: on a terminal, unless quiet)."""
 
     @property
     def max_steps(self) -> int:
@@ -93,6 +97,24 @@ class State:
 
     def log(self, key: str, value: Any) -> None:
         self.metrics[key] = value
+
+    def track(self, items, what: str) -> list:
+        """``items`` to work through (end-of-run work, ``Method.finish``), shown: a progress bar on a
+        terminal, else one line saying what runs and how many; nothing when quiet (or not rank 0)."""
+        items = list(items)
+        if not self.verbose or self.rank != 0:
+            return items
+        if self.show_progress:
+            from tqdm import tqdm
+            return tqdm(items, desc=what, dynamic_ncols=True)
+        print(f"{what}: {len(items)} to go", flush=True)
+        return items
+
+    def say(self, text: str) -> None:
+        """A console message from a method (a schedule's summary, end-of-run work): printed once, by
+        rank 0, unless the run is quiet. Methods print through here, never with ``print``."""
+        if self.verbose and self.rank == 0:
+            print(text, flush=True)
 
     def request_rebuild(self, copy_optimizer_state: dict[str, str] | None = None) -> None:
         """After surgery: rebuild the optimizer (and DDP) for the model's current parameters.

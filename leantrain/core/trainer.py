@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from ..recipe import Recipe
 from ..registry import get_data, get_method, get_model, model_task
 from . import checkpoint, distributed
 from .callback import Callback
+from . import resume as resume_checks
 from .evaluation import EvalResult, evaluate
 from .events import Event
 from .method import Method
@@ -147,16 +149,20 @@ class Trainer:
     """Train ``recipe`` into ``out_dir``.
 
     ``methods`` adds Method objects made in Python to those the recipe names. ``resume`` is a run
-    or checkpoint directory to continue from (or ``RUN/checkpoints/best``); ``overwrite`` allows
-    replacing another run in ``out_dir``. ``callbacks`` observe the run (:class:`Callback`; the
-    loggers of ``train.log_to`` are added on rank 0). ``dry_run`` builds and checks everything,
-    writes nothing, and offers :meth:`dry_run_report` instead of :meth:`fit`. Everything is checked
+    or checkpoint directory to continue from (or ``RUN/checkpoints/best``): on other data
+    (``Task.fingerprint``) it is refused, and so is a recipe key changed since the checkpoint unless it
+    is in ``TrainConfig.FREE_ON_RESUME`` or ``allow_changes`` (dotted keys or sections:
+    ``["train.lr", "methods.raptr"]``); allowed changes are printed. ``overwrite`` allows replacing
+    another run in ``out_dir``. ``callbacks`` observe the run (:class:`Callback`; the loggers of
+    ``train.log_to`` are added on rank 0). ``dry_run`` builds and checks everything, writes nothing,
+    and offers :meth:`dry_run_report` instead of :meth:`fit`. Everything is checked
     before anything is written.
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | Path | None = None, *, methods: list[Method] = (),
                  resume: str | Path | None = None, overwrite: bool = False, progress: bool | None = None,
-                 verbose: bool = True, callbacks: list[Callback] = (), dry_run: bool = False):
+                 verbose: bool = True, callbacks: list[Callback] = (), dry_run: bool = False,
+                 allow_changes: Iterable[str] = ()):
         self.recipe = recipe
         t = recipe.train
         if t.threads:
@@ -191,11 +197,11 @@ class Trainer:
         model = factory(mcfg).to(self.device)
         self.state = State(recipe=recipe, model=model, optimizer=None, data=self.data,
                            rank=self.rank, world_size=self.world, data_rank=self.rank, data_world=self.world,
-                           evaluate=self.evaluate_split,
+                           evaluate=self.evaluate_split, verbose=self.verbose,
                            precision=Precision(self.precision, self.device, t.grad_accum_steps))
         for m in self.methods:
             # Methods made in Python carry configs that never went through build(): check them too.
-            build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}")
+            build(type(m.cfg), to_dict(m.cfg), f"methods.{m.name}", numbers_from_text=False)
             m.check(self.state)
         check_step_options(self.methods, t, self.precision)
         if self.main and self.out_dir is not None and not dry_run:
@@ -203,8 +209,14 @@ class Trainer:
             self.callbacks += make_loggers(t.log_to, self.out_dir, recipe)
 
         ckpt = checkpoint.load(resume) if resume is not None else None
+        self.data_fingerprint = self.data.fingerprint()
         if ckpt is not None:
             self._check_compatible(ckpt)
+            resume_checks.check_data(ckpt.path, ckpt.meta, self.data_fingerprint, self.data.meta())
+            changes = resume_checks.recipe_changes(ckpt.path, ckpt.meta["recipe"], recipe.to_dict(),
+                                                   type(t).FREE_ON_RESUME, allow_changes)
+            if changes and self.verbose:
+                print(resume_checks.describe_changes(changes), flush=True)
             for m, saved in zip(self.methods, ckpt.meta["methods"]):
                 m.load_state_dict(saved["state"])
         for m in self.methods:
@@ -228,6 +240,7 @@ class Trainer:
         self.evals_since_best = 0
         self.early_stopped: str | None = None  # the reason, once train.early_stop_patience ended the run
         self._flags = self._device_flags() if self.lazy else None
+        self.val_step: int | None = None  # the step of the last evaluation (val_loss is from it)
         self._interrupted = False  # set by Ctrl-C
         self.interrupt_agreed = False
         self.start_step = 0
@@ -236,6 +249,7 @@ class Trainer:
             self._restore(ckpt)
         self._wrap()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.main
+        self.state.show_progress = self.progress
 
     # -- setup ---------------------------------------------------------------------------------
     def _eval_batches(self, split: str, whole: bool = False) -> list:
@@ -384,7 +398,8 @@ class Trainer:
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods],
                 "grad_scaler": self.state.precision.state_dict(), "fp16_overflow_skipped": self.overflow_skipped,
                 "early_stop": {"best_step": self.best_step, "evals_since_best": self.evals_since_best,
-                               "stopped": self.early_stopped}}
+                               "stopped": self.early_stopped},
+                "val_step": self.val_step, "data_fingerprint": self.data_fingerprint}
         t = self.recipe.train
         best = t.keep_best and self.best_step == self.state.step and self.state.val_loss is not None
         checkpoint.save(self.out_dir, self.state.step, meta, tensors, keep=t.keep_checkpoints, best=best)
@@ -423,6 +438,7 @@ class Trainer:
         patience = self.recipe.train.early_stop_patience
         if early.get("stopped") and patience and self.evals_since_best >= patience:
             self.early_stopped = early["stopped"]  # a finished run: resuming it trains no further
+        self.val_step = meta.get("val_step")
 
     # -- the loop ------------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:
@@ -667,6 +683,7 @@ class Trainer:
             self.best_step, self.evals_since_best = s.step, 0
         else:
             self.evals_since_best += 1
+        self.val_step = s.step
         s.best_val_loss = s.val_loss if s.best_val_loss is None else min(s.best_val_loss, s.val_loss)
         if val.error is not None:
             s.best_val_error = val.error if s.best_val_error is None else min(s.best_val_error, val.error)
@@ -732,10 +749,9 @@ class Trainer:
             self._train_loop(stop)
             self.dispatch(Event.FIT_END)
             self._settle()
-            if (s.step >= t.max_steps or self.early_stopped) and "test" in self.data.splits:
-                # The test split is scored once, at the end, and never used for choices.
-                self.test_figures = self.evaluate_split("test").row("test")
-            self.save_checkpoint()
+            self.save_checkpoint()  # before any end-of-run work: an interruption there loses no training
+            if s.step >= t.max_steps or self.early_stopped:
+                self._finish()
             summary = self.summary()
             if self.main and self.out_dir is not None:
                 checkpoint.write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1))
@@ -825,6 +841,19 @@ class Trainer:
                 "flops_per_step": flops, "estimated_train_flops": flops * (t.max_steps - s.step),
                 "steps": t.max_steps - s.step}
 
+    def _finish(self) -> None:
+        """End-of-run work after the final checkpoint: methods' ``finish`` (checkpointed again if any
+        worked), then the test split, scored once, at the end, and never used for choices. A Ctrl-C here
+        stops with the checkpoint of the last step: ``--resume`` runs only this work again."""
+        try:
+            if sum(bool(m.finish(self.state)) for m in self.methods):
+                self.save_checkpoint()
+            if "test" in self.data.splits:
+                self.test_figures = self.evaluate_split("test").row("test")
+        except KeyboardInterrupt:
+            raise self._stopped(f"interrupted in the end-of-run work after step {self.state.step} (training "
+                                "is complete and checkpointed; --resume does only this work)", exit_code=130) from None
+
     def _catch_interrupts(self):
         """While training, a first Ctrl-C (SIGINT) asks to stop after the current step with a
         checkpoint; a second one interrupts at once. Only the main thread can take signals."""
@@ -860,7 +889,10 @@ class Trainer:
 
     def summary(self, collective: bool = True) -> dict:
         t, s = self.recipe.train, self.state
-        out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss}
+        # final_val_loss is the last evaluation's, at val_step: the last step, unless a run stops
+        # (--until, Ctrl-C) between evaluations — an extra evaluation there would change what methods
+        # that react to evaluations do, and a resumed run would no longer match an uninterrupted one
+        out = {"final_val_loss": s.val_loss, "best_val_loss": s.best_val_loss, "val_step": self.val_step}
         if s.val_error is not None:
             out.update({"final_val_error": s.val_error, "best_val_error": s.best_val_error})
         out.update(self.test_figures)

@@ -13,11 +13,14 @@ tokenized once into cached shards) for subword language modelling, ``mnist1d``, 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +85,14 @@ class Task:
         """JSON facts a checkpoint needs to use the model without the data (e.g. the vocabulary)."""
         return {}
 
+    def fingerprint(self) -> dict:
+        """A JSON identity of the data's *content*, stored in checkpoints as ``data_fingerprint``: a
+        resumed run refuses data with another one. Kinds add sizes and a content hash (cheap for huge
+        files: see :func:`file_digest`); a ``path`` entry is informational only (moved data with the same
+        content is the same data). This default — the kind and ``meta()`` — suits data that ``meta()``
+        already identifies; a kind reading files or generating data should override it."""
+        return {"kind": self.name, **self.meta()}
+
     # -- batches
     def sampler(self, batch_size: int, seed: int, rank: int, world: int, model_cfg) -> Sampler:
         raise NotImplementedError
@@ -108,6 +119,41 @@ class Task:
         return nll, (logits.argmax(-1) == y).float()
 
 
+DIGEST_WHOLE_BYTES = 64 << 20
+"""Files up to this size are hashed whole; larger ones by their size and first and last MiB."""
+
+
+def file_digest(path: str | Path) -> dict:
+    """``{"bytes": size, "sha256": ...}`` of a file: the whole file up to DIGEST_WHOLE_BYTES, else the
+    size and the first and last MiB (``"hashed": "first and last MiB"``) — a fingerprint that costs the
+    same for a 100 GB shard as for a 100 MB one and still tells a different or truncated file."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= DIGEST_WHOLE_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            return {"bytes": size, "sha256": h.hexdigest()}
+        h.update(f.read(1 << 20))
+        f.seek(size - (1 << 20))
+        h.update(f.read(1 << 20))
+    return {"bytes": size, "sha256": h.hexdigest(), "hashed": "first and last MiB"}
+
+
+def tensor_digest(*tensors) -> str:
+    """sha256 over the bytes (and dtypes and shapes) of tensors or arrays: data held in memory."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(t.numpy() if isinstance(t, torch.Tensor) else t)
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(memoryview(a).cast("B"))  # no copy
+    return h.hexdigest()
+
+
 def load_kinds() -> None:
     """Import every data-kind module in this package (each registers itself)."""
     for mod in pkgutil.iter_modules(__path__):
@@ -119,4 +165,4 @@ from .text import BUNDLED, BatchSampler, TextConfig, TextTask, fixed_batches, sp
 load_kinds()
 
 __all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig", "TextTask",
-           "fixed_batches", "split_windows"]
+           "file_digest", "fixed_batches", "split_windows", "tensor_digest"]

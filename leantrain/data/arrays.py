@@ -236,6 +236,17 @@ class ArrayTask(Task):
     def meta(self) -> dict:
         return {"classes": self.num_classes, "input_shape": list(self.x_train.shape[1:])}
 
+    def fingerprint(self) -> dict:
+        """Kind, classes, sample shape, split sizes and a hash of every split's samples and labels (as
+        held in memory: one pass over data already loaded); the file or directory it came from, if any,
+        for information."""
+        from . import tensor_digest
+        sizes = {s: len(y) for s, y in (("train", self.y_train), ("val", self.y_val), ("test", self.y_test))
+                 if y is not None}
+        path = {"path": str(self.cfg.path)} if getattr(self.cfg, "path", None) else {}
+        return {"kind": self.name, **path, **self.meta(), "samples": sizes,
+                "sha256": tensor_digest(self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)}
+
     def sampler(self, batch_size: int, seed: int, rank: int, world: int, model_cfg) -> EpochSampler:
         return EpochSampler(self, batch_size, seed, rank, world)
 

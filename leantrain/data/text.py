@@ -115,6 +115,11 @@ class TextTask(Task):
     def meta(self) -> dict:
         return {"vocab": self.chars}
 
+    def fingerprint(self) -> dict:
+        from . import file_digest
+        path = f"bundled:{self.path.name}" if self.path == BUNDLED else str(self.path)
+        return {"kind": self.name, "path": path, **file_digest(self.path), "vocab_size": self.vocab_size}
+
     def sampler(self, batch_size: int, seed: int, rank: int, world: int, model_cfg) -> "BatchSampler":
         return BatchSampler(self.train, model_cfg.block_size, batch_size, seed, rank, world)
 

@@ -343,8 +343,7 @@ class Grow(Method):
                     state.optimizer.state[p] = {k: v.to(p.device) if k != "step" else v
                                                 for k, v in self._carried[name].items()}
             self._carried = None
-        if state.rank == 0:
-            print(self.describe(state), flush=True)
+        state.say(self.describe(state))
         if state.step != 0:
             return
         src = self.source

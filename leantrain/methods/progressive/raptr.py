@@ -195,8 +195,8 @@ class RaPTr(Method):
 
     # -- events --------------------------------------------------------------------------------
     def on_event(self, event: Event, state: State) -> None:
-        if event is Event.FIT_START and state.rank == 0:
-            print(self.describe(state), flush=True)
+        if event is Event.FIT_START:
+            state.say(self.describe(state))
         elif event is Event.STEP_START:
             self.set_plan(state)
         elif event is Event.AFTER_BACKWARD:

@@ -148,19 +148,24 @@ class FamilyMethod(Method):
         elif event is Event.EVAL_START:
             # The next step samples again; until then (checkpoint, end of run) eval_config stays active.
             family.active = self.eval_id
-        elif event is Event.FIT_END and state.step >= state.max_steps and self.cfg.final_eval != "none":
-            self._score_every_configuration(state)
 
-    def _score_every_configuration(self, state: State) -> None:
+    def finish(self, state: State) -> bool:
+        """Score every configuration (after the final checkpoint: minutes for a large family); a run
+        interrupted here resumes into this alone. Done once per final step."""
+        if self.cfg.final_eval == "none" or self.final.get("step") == state.step:
+            return False
         family, whole = state.model, self.cfg.final_eval == "whole"
+        split = "whole validation split" if whole else "the run's fixed validation batches"
         losses = {}
-        for i in range(family.num_configs):
-            family.active = i
-            r = state.evaluate("val", whole=whole)
-            losses[str(i)] = {"loss": r.loss, "loss_se": r.loss_se, "n": r.n}
-        family.active = self.eval_id
-        self.final = {"split": "whole validation split" if whole else "the run's fixed validation batches",
-                      "step": state.step, "losses": losses}
+        try:
+            for i in state.track(range(family.num_configs), f"{self.name}: scoring every configuration ({split})"):
+                family.active = i
+                r = state.evaluate("val", whole=whole)
+                losses[str(i)] = {"loss": r.loss, "loss_se": r.loss_se, "n": r.n}
+        finally:
+            family.active = self.eval_id
+        self.final = {"split": split, "step": state.step, "losses": losses}
+        return True
 
     def training_step(self, state: State, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with state.autocast():
