@@ -4,8 +4,8 @@
 The BPE is built at run time by ``leantrain tokenize`` (``data.shards.tokenize_files``: trained on
 the training 90 % of the corpus, shards in a temporary directory, never committed). Its validation
 split is the same last 10 % of the characters as the character-level split. Both levels train the
-baseline recipe (nanoGPT's CPU recipe, ``recipes/baseline_char.yaml``: 4 × 128, context 64, batch
-12, 2000 steps) and RaPTr (``recipes/raptr_char.yaml``: paths of 2 → 3 → 4 of the 4 blocks). A
+baseline recipe (nanoGPT's CPU recipe, ``leantrain/recipes/baseline_char.yaml``: 4 × 128, context 64, batch
+12, 2000 steps) and RaPTr (``leantrain/recipes/raptr_char.yaml``: paths of 2 → 3 → 4 of the 4 blocks). A
 context of 64 BPE tokens spans ≈ 2.8× the characters of 64 characters, and the BPE model's
 embedding and head are larger (2,048 rows instead of 77): the figures compare the two set-ups as a
 user would run them, not equal compute.
@@ -41,7 +41,7 @@ LEVELS = ("char", "bpe")
 
 
 def train_section(steps: int, quick: bool, threads: int) -> dict:
-    """recipes/baseline_char.yaml's train section (steps and evaluation shortened with --quick)."""
+    """leantrain/recipes/baseline_char.yaml's train section (steps and evaluation shortened with --quick)."""
     interval, iters = EVAL["quick" if quick else "full"]
     return {"max_steps": steps, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
             "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.99, "grad_clip": 1.0, "eval_interval": interval,
@@ -50,8 +50,8 @@ def train_section(steps: int, quick: bool, threads: int) -> dict:
 
 def jobs(level: str, data: dict, train: dict) -> list[Job]:
     base = {"data": data, "model": MODEL, "train": train}
-    return [Job(f"{level}/baseline", {**base, "methods": []}, "recipes/baseline_char.yaml"),
-            Job(f"{level}/raptr", {**base, "methods": [RAPTR]}, "recipes/raptr_char.yaml")]
+    return [Job(f"{level}/baseline", {**base, "methods": []}, "leantrain/recipes/baseline_char.yaml"),
+            Job(f"{level}/raptr", {**base, "methods": [RAPTR]}, "leantrain/recipes/raptr_char.yaml")]
 
 
 def chars_per_token(shards: Path, block_size: int) -> dict:
