@@ -143,10 +143,11 @@ def _add_evaluate(sub) -> None:
 def evaluate_checkpoint(ckpt_dir, split: str = "val") -> dict:
     from .core.evaluation import evaluate
     from .core.loading import load_trained
+    from .data import for_model
     from .registry import get_data
     trained = load_trained(ckpt_dir)
     r = trained.recipe
-    task = get_data(r.data_name)(r.data)
+    task = for_model(get_data(r.data_name)(r.data), r.model)
     result = evaluate(trained.model, task, task.eval_batches(split, task.eval_batch_size, r.model, whole=True),
                       next(trained.model.parameters()).device)
     return {"checkpoint": str(trained.ckpt.path), "step": trained.ckpt.meta["step"], "data": r.data_name,

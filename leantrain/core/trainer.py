@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import measure
 from ..config import build, to_dict
+from ..data import for_model
 from ..errors import ConfigError, LeantrainError, RunStopped
 from ..recipe import Recipe
 from ..registry import get_data, get_method, get_model, model_task
@@ -50,8 +51,9 @@ def build_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
 
 
-def check_model_fits_data(model_name: str, data_name: str, task) -> None:
-    consumes = model_task(model_name)
+def check_model_fits_data(model_name: str, data_name: str, task, model_cfg=None) -> None:
+    # a model whose architecture decides what it consumes (hf) says so on its config
+    consumes = getattr(model_cfg, "consumes", None) or model_task(model_name)
     if consumes != task.task:
         what = {"lm": "token sequences (language modelling)", "classification": "labelled arrays (classification)"}
         raise ConfigError(f"model {model_name!r} consumes {what.get(consumes, consumes)}, but data "
@@ -106,9 +108,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir else None
 
         model_task(recipe.model_name)  # an unknown model name is reported before the data is read
-        self.data = get_data(recipe.data_name)(recipe.data)
-        check_model_fits_data(recipe.model_name, recipe.data_name, self.data)
         mcfg = recipe.model
+        self.data = for_model(get_data(recipe.data_name)(recipe.data), mcfg)
+        check_model_fits_data(recipe.model_name, recipe.data_name, self.data, mcfg)
         mcfg.adapt_to_data(self.data.info())
         self.data.check_model(mcfg, t.batch_size, self.world)
 

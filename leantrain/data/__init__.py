@@ -104,6 +104,13 @@ class Task:
         return nll, (logits.argmax(-1) == y).float()
 
 
+def for_model(task: Task, model_cfg) -> Task:
+    """The data as ``model_cfg``'s model trains on it: a config may wrap it (``wrap_data``, e.g. an
+    hf BERT masks the windows for masked language modelling); unchanged otherwise."""
+    wrap = getattr(model_cfg, "wrap_data", None)
+    return wrap(task) if wrap is not None else task
+
+
 def load_kinds() -> None:
     """Import every data-kind module in this package (each registers itself)."""
     for mod in pkgutil.iter_modules(__path__):
@@ -114,5 +121,5 @@ from .text import BUNDLED, BatchSampler, TextConfig, TextTask, fixed_batches, sp
 
 load_kinds()
 
-__all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig", "TextTask",
+__all__ = ["for_model", "DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig", "TextTask",
            "fixed_batches", "split_windows"]

@@ -1,0 +1,400 @@
+"""``hf``: a Hugging Face ``transformers`` model as a leantrain model.
+
+    model: {name: hf, path: DIR}                                  # a save_pretrained directory
+    model: {name: hf, config: {model_type: llama, hidden_size: 64, num_hidden_layers: 4, ...}}
+
+``path`` loads a local directory written by ``save_pretrained`` (``local_files_only``: never the
+network); ``config`` builds a fresh, seeded model from a config dict. The task follows the
+architecture: causal LM (GPT-2 and the Llama layout: Llama, Mistral, Qwen2), masked LM (BERT: the
+data's windows are masked 15% / 80-10-10 by :mod:`leantrain.data.masking`) and image
+classification (ViT). ``transformers`` is imported only when an ``hf`` model is built.
+
+One adapter per layout (``hf_layouts.py``) tells where the blocks, the dropout sites, the final head
+and the layer indices are. HF's own forward runs (its masks, rotary embeddings and caches stay its
+own); each block's ``forward`` is rebound *on the object* (parameter names never change) to skip
+or rescale it according to ``model.plan`` in training mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import check
+from ..errors import ConfigError, LeantrainError
+from ..registry import register_model
+
+# model_type -> (layout, task). Mistral and Qwen2 use the Llama layout (``model.layers``).
+FAMILIES = {
+    "gpt2": ("gpt2", "causal_lm"),
+    "llama": ("llama", "causal_lm"),
+    "mistral": ("llama", "causal_lm"),
+    "qwen2": ("llama", "causal_lm"),
+    "bert": ("bert", "masked_lm"),
+    "vit": ("vit", "image_classification"),
+}
+CONSUMES = {"causal_lm": "lm", "masked_lm": "lm", "image_classification": "classification"}
+
+
+def transformers_module():
+    """``import transformers`` (≈ 4 s), only when an hf model is used; a one-line error without it."""
+    try:
+        import transformers
+    except ImportError:
+        raise LeantrainError("model.name: hf needs the `transformers` package: pip install 'leantrain[hf]'") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' advisory warnings while leantrain builds or loads a model."""
+    logging = transformers_module().logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+@dataclass
+class HFConfig:
+    path: str | None = None
+    """A local directory written by `save_pretrained` (config.json + safetensors), loaded with
+    local_files_only — never the network. Give this or `config`."""
+    config: dict | None = None
+    """A transformers config as a mapping, e.g. {model_type: llama, hidden_size: 64, ...}: a fresh
+    model, initialised from train.seed. Data-decided keys left out are filled in (vocab_size, the
+    position range, image_size / num_channels / num_labels)."""
+    block_size: int = 64
+    """Text: tokens per training window (the context the model is trained on)."""
+    mlm_probability: float = 0.15
+    """Masked LM (BERT): share of each window's tokens selected for prediction (BERT's 15%; of them
+    80% become the mask token, 10% a random token, 10% stay)."""
+    mask_token_id: int | None = None
+    """Masked LM: the mask token's id; null = one id appended after the data's vocabulary."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel transformers uses (sdpa: torch's scaled_dot_product_attention)."""
+
+    def validate(self) -> None:
+        check((self.path is None) != (self.config is None), "path", "give exactly one of path (a "
+              "save_pretrained directory) and config (a transformers config mapping)")
+        check(self.block_size > 0, "block_size", f"must be positive, got {self.block_size}")
+        check(0 < self.mlm_probability < 1, "mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
+        if self.config is not None:
+            mt = self.config.get("model_type")
+            check(isinstance(mt, str), "config.model_type", "name the architecture, e.g. model_type: llama")
+        self.family  # an unknown model_type is refused here
+
+    # -- what the architecture decides (read from JSON: no transformers import)
+    def hf_dict(self) -> dict:
+        if self.config is not None:
+            return self.config
+        cfg_file = Path(self.path) / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"model.path: {self.path} is not a save_pretrained directory (no config.json)")
+        try:
+            return json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"model.path: {cfg_file} is not valid JSON ({e})") from None
+
+    @property
+    def model_type(self) -> str:
+        mt = self.hf_dict().get("model_type")
+        if not isinstance(mt, str):
+            raise ConfigError("model: the transformers config names no model_type")
+        return mt
+
+    @property
+    def family(self) -> str:
+        mt = self.model_type
+        if mt not in FAMILIES:
+            raise ConfigError(f"model.config.model_type: {mt!r} has no leantrain adapter (known: "
+                              f"{', '.join(sorted(FAMILIES))})")
+        return FAMILIES[mt][0]
+
+    @property
+    def task(self) -> str:
+        """causal_lm, masked_lm or image_classification."""
+        return FAMILIES[self.model_type][1]
+
+    @property
+    def consumes(self) -> str:
+        """The data kind's task this model takes: ``lm`` or ``classification``."""
+        return CONSUMES[self.task]
+
+    def wrap_data(self, data):
+        """The data as this model trains on it: BERT's windows masked, others unchanged."""
+        if self.task == "masked_lm" and data.task == "lm":
+            from ..data.masking import MaskedLMTask
+            return MaskedLMTask(data, self.mlm_probability, self.mask_token_id)
+        return data
+
+    def adapt_to_data(self, info) -> None:
+        """Fill in (config) or check (path) what the data decides; refuse data the model cannot take."""
+        what = {"lm": "token sequences", "classification": "labelled arrays"}
+        if info.task != self.consumes:
+            raise ConfigError(f"model: hf {self.model_type} ({self.task.replace('_', ' ')}) consumes "
+                              f"{what[self.consumes]}, but the data holds {what.get(info.task, info.task)}; "
+                              "choose a model for this data")
+        d = self.hf_dict()
+        if info.task == "lm":
+            self._fit(d, "vocab_size", info.vocab_size, "≥", "the data's vocabulary")
+            pos = "n_positions" if self.model_type == "gpt2" else "max_position_embeddings"
+            self._fit(d, pos, self.block_size, "≥", "model.block_size", default=max(self.block_size, 64))
+            return
+        shape = tuple(info.input_shape)
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ConfigError(f"model: hf {self.model_type} classifies square images (C, H, H); the data's "
+                              f"samples have shape {shape}")
+        self._fit(d, "num_channels", shape[0], "=", "the data's channels")
+        self._fit(d, "image_size", shape[1], "=", "the data's image size")
+        patch = d.get("patch_size", 16)
+        if shape[1] % patch:
+            raise ConfigError(f"model.config.patch_size: {patch} does not divide the image size {shape[1]}")
+        labels = len(d["id2label"]) if "id2label" in d else d.get("num_labels")
+        if self.config is not None and labels is None:
+            d["num_labels"] = info.num_classes
+        elif labels != info.num_classes:
+            raise ConfigError(f"model: the hf model has {labels} labels, the data {info.num_classes} classes")
+
+    def _fit(self, d: dict, key: str, need: int, rel: str, what: str, default: int | None = None) -> None:
+        if key not in d and self.config is not None:
+            d[key] = need if default is None else default
+            return
+        have = d.get(key)
+        ok = have is not None and (have >= need if rel == "≥" else have == need)
+        if not ok:
+            where = "model.config" if self.config is not None else f"the model in {self.path}"
+            raise ConfigError(f"{where}: {key} is {have}, but {what} needs {rel} {need}")
+
+
+# ----------------------------------------------------------------------------------- the model
+class _Captured(Exception):
+    """Raised inside HF's forward once every block's arguments have been recorded (units)."""
+
+
+class HFModel(nn.Module):
+    """A transformers model with leantrain's controls: ``forward(x, y) -> (logits, loss)``,
+    ``blocks`` (the layout's ModuleList, renumbered after a depth change), ``plan`` (training mode:
+    which blocks run, with what residual scale), dropout sites by name, units for local learning.
+    ``hf`` is the untouched transformers model (``save_pretrained`` exports it)."""
+
+    def __init__(self, hf: nn.Module, cfg: HFConfig):
+        super().__init__()
+        from .hf_layouts import layout_for
+        self.hf = hf
+        self.config = cfg
+        self.task = cfg.task
+        self.layout = layout_for(cfg.family)
+        self.plan = None
+        self._recording: list | None = None  # units: each block's (args, kwargs) of one forward
+        self.sync_depth()
+
+    # -- blocks ----------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.layout.blocks(self.hf)
+
+    def __setattr__(self, name, value):
+        if name == "blocks":  # methods replace the ModuleList: it lives where HF's forward reads it
+            self.layout.set_blocks(self.hf, value)
+            self.sync_depth()
+            return
+        super().__setattr__(name, value)
+
+    def sync_depth(self) -> None:
+        """After any change of ``blocks``: rebind each block's forward to this model's plan, number
+        the blocks' ``layer_idx`` by position (cached generation indexes the cache with it), and set
+        the config's layer count and per-layer type list (Llama runs ``layers[:num_hidden_layers]``,
+        Qwen2 picks each layer's mask by ``config.layer_types[i]``)."""
+        blocks = self.blocks
+        for i, block in enumerate(blocks):
+            bound = block.__dict__.get("forward")
+            if getattr(bound, "_leantrain_block", None) is not block:
+                _bind(self, block)
+            block._leantrain_index = i
+        self.layout.after_depth_change(self.hf, blocks)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.sync_depth()
+        if self.task == "image_classification":
+            return self.hf(pixel_values=x).logits
+        return self.hf(input_ids=x, use_cache=False).logits
+
+    def forward(self, x, targets=None):
+        logits = self.logits(x)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # -- units (local learning): HF's forward computes masks/rotary embeddings, recorded per block
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Run HF's forward up to the first block: returns its input (the embedding output) and
+        records every block's other arguments (masks, position embeddings) for ``run_block``."""
+        self.sync_depth()
+        self._recording = []
+        try:
+            if self.task == "image_classification":
+                self.hf(pixel_values=x)
+            else:
+                self.hf(input_ids=x, use_cache=False)
+        except _Captured as c:
+            return c.args[0]
+        finally:
+            self.context, self._recording = self._recording, None
+        raise RuntimeError("the model's forward never reached its blocks")
+
+    def run_block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        args, kwargs = self.context[i]
+        return self.blocks[i](h, *args, **kwargs)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layout.head(self.hf, h)
+
+    def head_modules(self) -> list[nn.Module]:
+        return self.layout.head_modules(self.hf)
+
+    # -- dropout sites ---------------------------------------------------------------------------
+    def dropout_sites(self) -> dict[str, str | None]:
+        """Every site name -> None if the model has it, else why not."""
+        return self.layout.dropout_sites()
+
+    def dropout_rates(self) -> dict[str, float | list[float]]:
+        out = {}
+        for site, why in self.dropout_sites().items():
+            if why is None:
+                out[site] = self.layout.get_rate(self.hf, site)
+        return out
+
+    def set_dropout(self, p: float, site: str | None = None, block: int | None = None) -> None:
+        assert 0.0 <= p < 1.0, f"dropout rate must be in [0, 1), got {p}"
+        sites = self.dropout_sites()
+        if site is not None and sites.get(site, "unknown site") is not None:
+            raise ConfigError(f"model hf {self.config.model_type} has no {site!r} dropout site: "
+                              f"{sites.get(site, 'unknown site')}")
+        for s in ([site] if site is not None else [s for s, why in sites.items() if why is None]):
+            self.layout.set_rate(self.hf, s, p, block)
+
+    # -- measurement, generation -----------------------------------------------------------------
+    def shape_key(self) -> tuple:
+        base = (len(self.blocks),)
+        if self.plan is None:
+            return base
+        return base + tuple((b.index, b.heads is None or len(b.heads), b.hidden is None or len(b.hidden))
+                            for b in self.plan)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True):
+        """Sample ``max_new_tokens`` tokens (leantrain's sampler: temperature, top-k, a generator),
+        through HF's KV cache while the sequence fits the model's positions."""
+        if self.task != "causal_lm":
+            raise LeantrainError(f"hf {self.config.model_type} is a {self.task.replace('_', ' ')} model; "
+                                 "only causal LMs generate text")
+        self.sync_depth()
+        limit = self.layout.max_positions(self.hf.config)
+        cache, fed = None, 0
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= limit:
+                out = self.hf(input_ids=idx[:, fed:], cache=cache, use_cache=True)
+                cache, fed = out.cache, idx.size(1)
+            else:
+                out = self.hf(input_ids=idx[:, -limit:], use_cache=False)
+            logits = out.logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
+
+def _bind(model: HFModel, block: nn.Module) -> None:
+    """Rebind ``block.forward`` on the object: the original forward, skipped (identity) or rescaled
+    (``h + s·(block(h) − h)``) as ``model.plan`` says in training mode; also records the block's
+    arguments while ``model`` captures units. Parameter names and the block's class are unchanged."""
+    original = type(block).forward.__get__(block)
+    owner = [model]  # a list: no module reference cycle through nn.Module attributes
+
+    def forward(hidden_states, *args, **kwargs):
+        m = owner[0]
+        i = block._leantrain_index
+        if m._recording is not None:
+            m._recording.append((args, kwargs))
+            if i == 0:
+                m._first_input = hidden_states
+            if len(m._recording) == len(m.blocks):
+                first, m._first_input = m._first_input, None
+                raise _Captured(first)
+            return hidden_states
+        if m.plan is None or not m.training:
+            return original(hidden_states, *args, **kwargs)
+        entry = m._plan_index().get(i)
+        if entry is None:
+            return hidden_states  # skipped: no compute, no gradient
+        out = original(hidden_states, *args, **kwargs)
+        tensor = out[0] if isinstance(out, tuple) else out  # transformers 5: a tensor; older: tuples
+        if entry.scale != 1.0:
+            tensor = hidden_states + entry.scale * (tensor - hidden_states)
+        return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+
+    forward._leantrain_block = block
+    block.forward = forward
+
+
+def _plan_index(self) -> dict:
+    plan = self.plan
+    cached = self.__dict__.get("_plan_cache")
+    if cached is None or cached[0] is not plan:
+        cached = (plan, {b.index: b for b in plan})
+        self.__dict__["_plan_cache"] = cached
+    return cached[1]
+
+
+HFModel._plan_index = _plan_index
+
+
+def build_hf_model(cfg: HFConfig) -> nn.Module:
+    """The transformers model a config names: loaded from ``path`` or built from ``config``."""
+    tf = transformers_module()
+    auto = {"causal_lm": tf.AutoModelForCausalLM, "masked_lm": tf.AutoModelForMaskedLM,
+            "image_classification": tf.AutoModelForImageClassification}[cfg.task]
+    with quiet_transformers():
+        if cfg.path is not None:
+            try:
+                return auto.from_pretrained(cfg.path, local_files_only=True,
+                                            attn_implementation=cfg.attn_implementation)
+            except (OSError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise LeantrainError(f"model.path: cannot load {cfg.path}: {first}") from None
+        d = dict(cfg.config)
+        model_type = d.pop("model_type")
+        if "vocab_size" in d:  # default special-token ids outside a small vocabulary: none
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                default = getattr(tf.AutoConfig.for_model(model_type), key, None)
+                if key not in d and isinstance(default, int) and default >= d["vocab_size"]:
+                    d[key] = None
+        try:
+            hf_cfg = tf.AutoConfig.for_model(model_type, **d)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.config: {str(e).strip().splitlines()[0]}") from None
+        hf_cfg._attn_implementation = cfg.attn_implementation
+        return auto.from_config(hf_cfg)
+
+
+@register_model("hf", config=HFConfig, task="any")
+def hf(cfg: HFConfig) -> HFModel:
+    return HFModel(build_hf_model(cfg), cfg)
