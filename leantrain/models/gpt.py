@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from ..config import check
 from ..registry import register_model
-
-SITES = ("embedding", "attention", "residual", "mlp")
+from .protocol import SITES, BlockPlan
 
 
 @dataclass
@@ -58,20 +57,6 @@ class GPTConfig:
             self.vocab_size = info.vocab_size
         check(self.vocab_size >= info.vocab_size, "model.vocab_size",
               f"{self.vocab_size} is smaller than the data's {info.vocab_size} tokens")
-
-
-@dataclass
-class BlockPlan:
-    """How one block runs in a training step (see ``GPT.plan``)."""
-    index: int
-    scale: float = 1.0
-    """Multiplier on both residual branches (stochastic-depth / RaPTr rescaling)."""
-    heads: torch.Tensor | None = None
-    """Kept attention heads (sorted LongTensor); None = all."""
-    hidden: torch.Tensor | None = None
-    """Kept MLP hidden units (sorted LongTensor); None = all."""
-    width_scale: float = 1.0
-    """Multiplier on a width-sliced branch's output (1/kept-fraction rescaling)."""
 
 
 class LayerNorm(nn.Module):
