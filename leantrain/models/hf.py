@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from ..config import check
 from ..errors import ConfigError, LeantrainError
 from ..registry import register_model
+from .protocol import ModelProtocol, Units, WeightRoles, check_dropout_site
 
 # model_type -> (layout, task). Mistral and Qwen2 use the Llama layout (``model.layers``).
 FAMILIES = {
@@ -177,15 +177,22 @@ class HFConfig:
 
 
 # ----------------------------------------------------------------------------------- the model
-class _Captured(Exception):
-    """Raised inside HF's forward once every block's arguments have been recorded (units)."""
+CAPABILITIES = frozenset({"blocks", "plan", "dropout", "unit_hooks", "depth_change", "weight_roles", "export"})
+WHY_NOT = {
+    "plan_width": "width slicing of Hugging Face attention/MLP modules is not implemented; use width 1",
+    "units": "HF's forward computes masks and position embeddings between the blocks, so its units run "
+             "only inside that forward (local learning cuts them with hooks: unit_hooks)",
+    "pipeline": "later pipeline stages would need the masks and rotary embeddings HF's forward computes "
+                "on the first stage (and tied embeddings span the first and last module)",
+    "stages": "HF's forward is left to run whole (its embedding/blocks/head are not separate entry points)",
+}
 
 
-class HFModel(nn.Module):
-    """A transformers model with leantrain's controls: ``forward(x, y) -> (logits, loss)``,
-    ``blocks`` (the layout's ModuleList, renumbered after a depth change), ``plan`` (training mode:
-    which blocks run, with what residual scale), dropout sites by name, units for local learning.
-    ``hf`` is the untouched transformers model (``save_pretrained`` exports it)."""
+class HFModel(ModelProtocol, nn.Module):
+    """A transformers model with leantrain's controls: ``forward(x, y) -> (logits, loss)`` and the
+    model protocol (capabilities in ``CAPABILITIES``; ``why_not`` explains the others). ``hf`` is the
+    transformers model itself (``export_pretrained`` writes it with ``save_pretrained``)."""
+    CAPABILITIES = CAPABILITIES
 
     def __init__(self, hf: nn.Module, cfg: HFConfig):
         super().__init__()
@@ -195,33 +202,53 @@ class HFModel(nn.Module):
         self.task = cfg.task
         self.layout = layout_for(cfg.family)
         self.plan = None
-        self._recording: list | None = None  # units: each block's (args, kwargs) of one forward
         self.sync_depth()
 
-    # -- blocks ----------------------------------------------------------------------------------
+    def why_not(self, name: str) -> str | None:
+        return WHY_NOT.get(name)
+
+    # -- blocks, depth changes ---------------------------------------------------------------------
     @property
     def blocks(self) -> nn.ModuleList:
         return self.layout.blocks(self.hf)
 
+    @property
+    def block_prefix(self) -> str:
+        return f"hf.{self.layout.blocks_path}"
+
+    def set_blocks(self, blocks) -> None:
+        """Replace the blocks (where HF's forward reads them) and run the after-depth-change hook."""
+        self.layout.set_blocks(self.hf, blocks)
+        self.sync_depth()
+
     def __setattr__(self, name, value):
-        if name == "blocks":  # methods replace the ModuleList: it lives where HF's forward reads it
-            self.layout.set_blocks(self.hf, value)
-            self.sync_depth()
+        if name == "blocks":  # ``model.blocks = ...`` lands where HF's forward reads the blocks
+            self.set_blocks(value)
             return
         super().__setattr__(name, value)
 
     def sync_depth(self) -> None:
-        """After any change of ``blocks``: rebind each block's forward to this model's plan, number
-        the blocks' ``layer_idx`` by position (cached generation indexes the cache with it), and set
-        the config's layer count and per-layer type list (Llama runs ``layers[:num_hidden_layers]``,
-        Qwen2 picks each layer's mask by ``config.layer_types[i]``)."""
+        """The after-depth-change hook, also run before every forward (idempotent, cheap): rebind
+        each block's forward to this model's plan, number the blocks' ``layer_idx`` by position (it
+        indexes the KV cache), and set the config's layer count and per-layer type list (Llama runs
+        ``layers[:num_hidden_layers]``; Qwen2 picks each layer's mask by ``config.layer_types[i]``)."""
         blocks = self.blocks
         for i, block in enumerate(blocks):
             bound = block.__dict__.get("forward")
-            if getattr(bound, "_leantrain_block", None) is not block:
+            if getattr(bound, "_leantrain_block", None) is not block:  # new, or a copy of another block
                 _bind(self, block)
             block._leantrain_index = i
         self.layout.after_depth_change(self.hf, blocks)
+
+    def check_plan(self, plan) -> None:
+        if plan is None:
+            return
+        idx = [b.index for b in plan]
+        if idx != sorted(set(idx)) or (idx and not 0 <= idx[0] <= idx[-1] < len(self.blocks)):
+            raise ValueError(f"an hf model runs its blocks in order: plan indices {idx} must increase "
+                             f"within 0..{len(self.blocks) - 1}")
+        if any(b.heads is not None or b.hidden is not None for b in plan):
+            raise ValueError(WHY_NOT["plan_width"])
 
     # -- forward ---------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,61 +264,64 @@ class HFModel(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    # -- units (local learning): HF's forward computes masks/rotary embeddings, recorded per block
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Run HF's forward up to the first block: returns its input (the embedding output) and
-        records every block's other arguments (masks, position embeddings) for ``run_block``."""
-        self.sync_depth()
-        self._recording = []
-        try:
-            if self.task == "image_classification":
-                self.hf(pixel_values=x)
-            else:
-                self.hf(input_ids=x, use_cache=False)
-        except _Captured as c:
-            return c.args[0]
-        finally:
-            self.context, self._recording = self._recording, None
-        raise RuntimeError("the model's forward never reached its blocks")
-
-    def run_block(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        args, kwargs = self.context[i]
-        return self.blocks[i](h, *args, **kwargs)
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.layout.head(self.hf, h)
-
-    def head_modules(self) -> list[nn.Module]:
-        return self.layout.head_modules(self.hf)
+    # -- units (local learning, cut by hooks inside HF's forward) ---------------------------------
+    def units(self, input_shape) -> Units:
+        hf, lay = self.hf, self.layout
+        first = lay.embedding_output(hf)
+        head = lay.head_modules(hf)
+        blocks = list(self.blocks)
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        in_head = {id(p) for m in head for p in m.parameters()}
+        tied = lay.tied_weight(hf)
+        embed_params = [p for p in hf.parameters() if id(p) not in in_blocks and
+                        (id(p) not in in_head or (tied is not None and p is tied))]
+        seen = {id(p) for p in embed_params}
+        head_params = list({id(p): p for m in head for p in m.parameters() if id(p) not in seen}.values())
+        width = lay.width(hf.config)
+        if self.task == "image_classification":
+            tokens = (input_shape[1] // hf.config.patch_size) ** 2 + 1  # patches + [CLS]
+            out = (hf.config.num_labels,)
+        else:
+            tokens = self.config.block_size
+            out = (tokens, hf.config.vocab_size)
+        shapes = [(tokens, width)] * (len(blocks) + 1) + [out]
+        return Units(modules=[first, *blocks, head[-1]], shapes=shapes, kind="tokens",
+                     params=[embed_params, *[list(b.parameters()) for b in blocks], head_params],
+                     callable=False, tied_head_weight=tied,
+                     output=_hidden_of, replace_output=_with_hidden)
 
     # -- dropout sites ---------------------------------------------------------------------------
-    def dropout_sites(self) -> dict[str, str | None]:
-        """Every site name -> None if the model has it, else why not."""
-        return self.layout.dropout_sites()
+    def dropout_sites(self) -> dict[str, tuple[int, ...]]:
+        """The sites this layout has: ``embedding`` -> (), block sites -> every block index."""
+        n = tuple(range(len(self.blocks)))
+        return {s: (() if s == "embedding" else n) for s in self.layout.sites}
+
+    def dropout_absent(self) -> dict[str, str]:
+        """The sites this layout lacks, each with the reason."""
+        return self.layout.dropout_absent()
 
     def dropout_rates(self) -> dict[str, float | list[float]]:
-        out = {}
-        for site, why in self.dropout_sites().items():
-            if why is None:
-                out[site] = self.layout.get_rate(self.hf, site)
-        return out
+        return {s: self.layout.get_rate(self.hf, s) for s in self.layout.sites}
 
     def set_dropout(self, p: float, site: str | None = None, block: int | None = None) -> None:
         assert 0.0 <= p < 1.0, f"dropout rate must be in [0, 1), got {p}"
-        sites = self.dropout_sites()
-        if site is not None and sites.get(site, "unknown site") is not None:
-            raise ConfigError(f"model hf {self.config.model_type} has no {site!r} dropout site: "
-                              f"{sites.get(site, 'unknown site')}")
-        for s in ([site] if site is not None else [s for s, why in sites.items() if why is None]):
+        if site is not None:
+            check_dropout_site(self, site)
+        for s in ([site] if site is not None else list(self.layout.sites)):
             self.layout.set_rate(self.hf, s, p, block)
+
+    # -- weights, export -------------------------------------------------------------------------
+    def weight_roles(self) -> WeightRoles:
+        return self.layout.weight_roles(self.hf, self.block_prefix)
+
+    def export_pretrained(self, directory) -> None:
+        self.sync_depth()
+        self.hf.save_pretrained(str(directory))
 
     # -- measurement, generation -----------------------------------------------------------------
     def shape_key(self) -> tuple:
         base = (len(self.blocks),)
-        if self.plan is None:
-            return base
-        return base + tuple((b.index, b.heads is None or len(b.heads), b.hidden is None or len(b.hidden))
-                            for b in self.plan)
+        return base if self.plan is None else base + tuple(b.index for b in self.plan)
 
     def num_params(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -322,34 +352,33 @@ class HFModel(nn.Module):
         return idx
 
 
+def _hidden_of(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_hidden(out, h):
+    return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
 def _bind(model: HFModel, block: nn.Module) -> None:
     """Rebind ``block.forward`` on the object: the original forward, skipped (identity) or rescaled
-    (``h + s·(block(h) − h)``) as ``model.plan`` says in training mode; also records the block's
-    arguments while ``model`` captures units. Parameter names and the block's class are unchanged."""
+    (``h + s·(block(h) − h)``) as ``model.plan`` says in training mode. Parameter names, the block's
+    class and HF's forward loop are unchanged."""
     original = type(block).forward.__get__(block)
     owner = [model]  # a list: no module reference cycle through nn.Module attributes
 
     def forward(hidden_states, *args, **kwargs):
         m = owner[0]
-        i = block._leantrain_index
-        if m._recording is not None:
-            m._recording.append((args, kwargs))
-            if i == 0:
-                m._first_input = hidden_states
-            if len(m._recording) == len(m.blocks):
-                first, m._first_input = m._first_input, None
-                raise _Captured(first)
-            return hidden_states
         if m.plan is None or not m.training:
             return original(hidden_states, *args, **kwargs)
-        entry = m._plan_index().get(i)
+        entry = m._plan_index().get(block._leantrain_index)
         if entry is None:
             return hidden_states  # skipped: no compute, no gradient
         out = original(hidden_states, *args, **kwargs)
-        tensor = out[0] if isinstance(out, tuple) else out  # transformers 5: a tensor; older: tuples
-        if entry.scale != 1.0:
-            tensor = hidden_states + entry.scale * (tensor - hidden_states)
-        return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+        if entry.scale == 1.0:
+            return out
+        h = _hidden_of(out)  # transformers 5: a tensor; older forks: tuples
+        return _with_hidden(out, hidden_states + entry.scale * (h - hidden_states))
 
     forward._leantrain_block = block
     block.forward = forward

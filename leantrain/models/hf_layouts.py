@@ -19,7 +19,7 @@ import operator
 
 import torch.nn as nn
 
-SITES = ("embedding", "attention", "residual", "mlp")
+from .protocol import SITES, BlockRoles, Weight, WeightRoles
 
 
 class Layout:
@@ -31,6 +31,12 @@ class Layout:
     sites: dict[str, tuple[str, str]] = {}
     absent: dict[str, str] = {}
     head_paths: tuple[str, ...] = ()
+    """Modules after the blocks, in order (the last is the output layer)."""
+    embedding_path = ""
+    """The module whose output enters the first block (the embedding unit's cut point)."""
+    token_embedding = ""
+    """The input embedding's weight (empty: the model's ``get_input_embeddings()``)."""
+    position_embedding: str | None = None
     positions_key = "max_position_embeddings"
 
     # -- blocks
@@ -54,9 +60,12 @@ class Layout:
     def max_positions(self, hf_config) -> int:
         return getattr(hf_config, self.positions_key)
 
+    def width(self, hf_config) -> int:
+        return hf_config.hidden_size
+
     # -- dropout
-    def dropout_sites(self) -> dict[str, str | None]:
-        return {s: None if s in self.sites else self.absent.get(s, "not in this layout") for s in SITES}
+    def dropout_absent(self) -> dict[str, str]:
+        return {s: self.absent.get(s, "not in this layout") for s in SITES if s not in self.sites}
 
     def _targets(self, hf: nn.Module, site: str, block: int | None):
         path, attr = self.sites[site]
@@ -80,10 +89,31 @@ class Layout:
     def head_modules(self, hf: nn.Module) -> list[nn.Module]:
         return [operator.attrgetter(p)(hf) for p in self.head_paths]
 
-    def head(self, hf: nn.Module, h):
-        for m in self.head_modules(hf):
-            h = m(h)
-        return h
+    def embedding_output(self, hf: nn.Module) -> nn.Module:
+        return operator.attrgetter(self.embedding_path)(hf)
+
+    def tied_weight(self, hf: nn.Module):
+        """The token-embedding matrix if the output layer shares it, else None."""
+        emb = hf.get_input_embeddings().weight
+        out = hf.get_output_embeddings()
+        return emb if out is not None and out.weight is emb else None
+
+    # -- weight roles
+    def weight_roles(self, hf: nn.Module, prefix: str) -> WeightRoles:
+        c = hf.config
+        tied = self.tied_weight(hf) is not None
+        out = hf.get_output_embeddings()
+        names = {id(p): n for n, p in hf.named_parameters(remove_duplicate=False)}
+        emb = f"hf.{self.token_embedding}" if self.token_embedding else "hf." + names[id(hf.get_input_embeddings().weight)]
+        out_name = None if out is None else "hf." + [n for n, p in hf.named_parameters(remove_duplicate=False)
+                                                      if p is out.weight][-1]
+        return WeightRoles(block_prefix=prefix, blocks=tuple(self.block_roles(c) for _ in self.blocks(hf)),
+                           width=self.width(c), token_embedding=emb,
+                           position_embedding=self.position_embedding and f"hf.{self.position_embedding}",
+                           final_norm=f"hf.{self.head_paths[0]}", output=out_name, tied=tied)
+
+    def block_roles(self, c) -> BlockRoles:
+        raise NotImplementedError
 
 
 class GPT2Layout(Layout):
@@ -92,7 +122,22 @@ class GPT2Layout(Layout):
     sites = {"embedding": ("transformer.drop", "p"), "attention": ("attn.attn_dropout", "p"),
              "residual": ("attn.resid_dropout", "p"), "mlp": ("mlp.dropout", "p")}
     head_paths = ("transformer.ln_f", "lm_head")
+    embedding_path = "transformer.drop"
+    position_embedding = "transformer.wpe.weight"
     positions_key = "n_positions"
+
+    def width(self, c) -> int:
+        return c.n_embd
+
+    def block_roles(self, c) -> BlockRoles:
+        # Conv1D stores weights (in, out): the output axis is 1.
+        hidden = c.n_inner or 4 * c.n_embd
+        return BlockRoles(qkv=Weight("attn.c_attn.weight", 1, ("q", "k", "v"), "attn.c_attn.bias"),
+                          attn_out=Weight("attn.c_proj.weight", 1, bias="attn.c_proj.bias"),
+                          mlp_in=Weight("mlp.c_fc.weight", 1, bias="mlp.c_fc.bias"),
+                          mlp_out=Weight("mlp.c_proj.weight", 1, bias="mlp.c_proj.bias"),
+                          norms=("ln_1", "ln_2"), n_head=c.n_head, head_size=c.n_embd // c.n_head,
+                          n_hidden=hidden)
 
 
 class LlamaLayout(Layout):
@@ -102,6 +147,20 @@ class LlamaLayout(Layout):
     absent = {s: "Llama-layout decoders have no nn.Dropout modules (only the attention probabilities' "
                  "attention_dropout)" for s in ("embedding", "residual", "mlp")}
     head_paths = ("model.norm", "lm_head")
+    embedding_path = "model.embed_tokens"
+
+    def block_roles(self, c) -> BlockRoles:
+        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        attn, mlp = getattr(c, "attention_bias", False), getattr(c, "mlp_bias", False)
+        lin = lambda name, bias: Weight(f"{name}.weight", 0, bias=f"{name}.bias" if bias else None)  # noqa: E731
+        # Qwen2 has q/k/v biases and no output bias
+        qkv_bias = True if c.model_type == "qwen2" else attn
+        return BlockRoles(q=lin("self_attn.q_proj", qkv_bias), k=lin("self_attn.k_proj", qkv_bias),
+                          v=lin("self_attn.v_proj", qkv_bias), attn_out=lin("self_attn.o_proj", attn),
+                          mlp_gate=lin("mlp.gate_proj", mlp), mlp_in=lin("mlp.up_proj", mlp),
+                          mlp_out=lin("mlp.down_proj", mlp), norms=("input_layernorm", "post_attention_layernorm"),
+                          n_head=c.num_attention_heads, head_size=hd, n_hidden=c.intermediate_size,
+                          n_kv_head=c.num_key_value_heads)
 
 
 class BertLayout(Layout):
@@ -110,6 +169,16 @@ class BertLayout(Layout):
     sites = {"embedding": ("bert.embeddings.dropout", "p"), "attention": ("attention.self.dropout", "p"),
              "residual": ("attention.output.dropout", "p"), "mlp": ("output.dropout", "p")}
     head_paths = ("cls",)
+    embedding_path = "bert.embeddings"
+    position_embedding = "bert.embeddings.position_embeddings.weight"
+
+    def block_roles(self, c) -> BlockRoles:
+        lin = lambda name: Weight(f"{name}.weight", 0, bias=f"{name}.bias")  # noqa: E731
+        return BlockRoles(q=lin("attention.self.query"), k=lin("attention.self.key"), v=lin("attention.self.value"),
+                          attn_out=lin("attention.output.dense"), mlp_in=lin("intermediate.dense"),
+                          mlp_out=lin("output.dense"), norms=("attention.output.LayerNorm", "output.LayerNorm"),
+                          n_head=c.num_attention_heads, head_size=c.hidden_size // c.num_attention_heads,
+                          n_hidden=c.intermediate_size)
 
 
 class ViTLayout(Layout):
@@ -120,6 +189,21 @@ class ViTLayout(Layout):
     absent = {"mlp": "ViT's block applies one nn.Dropout after both the attention and the MLP branch: "
                      "the residual site sets it"}
     head_paths = ("vit.layernorm", "classifier")
+    embedding_path = "vit.embeddings"
+    token_embedding = "vit.embeddings.patch_embeddings.projection.weight"
+    position_embedding = "vit.embeddings.position_embeddings"
+
+    def tied_weight(self, hf: nn.Module):
+        return None
+
+    def block_roles(self, c) -> BlockRoles:
+        qkv = getattr(c, "qkv_bias", True)
+        lin = lambda name, bias=True: Weight(f"{name}.weight", 0, bias=f"{name}.bias" if bias else None)  # noqa: E731
+        return BlockRoles(q=lin("attention.q_proj", qkv), k=lin("attention.k_proj", qkv),
+                          v=lin("attention.v_proj", qkv), attn_out=lin("attention.o_proj"), mlp_in=lin("mlp.fc1"),
+                          mlp_out=lin("mlp.fc2"), norms=("layernorm_before", "layernorm_after"),
+                          n_head=c.num_attention_heads, head_size=c.hidden_size // c.num_attention_heads,
+                          n_hidden=c.intermediate_size)
 
     def head(self, hf: nn.Module, h):
         return hf.classifier(hf.vit.layernorm(h)[:, 0, :])  # the [CLS] token, as ViTForImageClassification
