@@ -11,6 +11,9 @@ training-efficiency methods, both inert by default:
 * Every dropout site is a plain float read at run time: ``embedding`` (token+position embedding),
   ``attention`` (attention probabilities, passed to SDPA as ``dropout_p``), ``residual`` (attention
   output) and ``mlp`` (MLP output), per block. ``set_dropout`` changes them; p = 0 skips the work.
+
+The GPT implements the model protocol natively (:mod:`leantrain.models.protocol`; capabilities in
+``GPT.CAPABILITIES``): methods reach it only through those calls.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from ..config import check
 from ..registry import register_model
-from .protocol import SITES, BlockPlan
+from .protocol import SITES, BlockPlan, BlockRoles, ModelProtocol, Units, Weight, WeightRoles, check_dropout_site
 
 
 @dataclass
@@ -170,7 +173,32 @@ class Block(nn.Module):
         return x + s * self.mlp(self.ln_2(x), plan.hidden, plan.width_scale)
 
 
-class GPT(nn.Module):
+class Embed(nn.Module):
+    """A GPT's token + position embedding as a local-learning unit (the modules stay the GPT's own)."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = [gpt]  # a list: not a submodule, its parameters stay registered on the GPT
+
+    def forward(self, idx):
+        return self.gpt[0].embed(idx)
+
+
+class LMHead(nn.Module):
+    """A GPT's final LayerNorm + LM head as a local-learning unit."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = [gpt]
+
+    def forward(self, h):
+        return self.gpt[0].head(h)
+
+
+class GPT(nn.Module, ModelProtocol):
+    CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "stages", "depth_change",
+                              "weight_roles"})
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.vocab_size is not None, "vocab_size must be set (the trainer takes it from the data)"
@@ -221,6 +249,12 @@ class GPT(nn.Module):
     def head(self, x):
         return self.lm_head(self.ln_f(x))
 
+    def embed_parameters(self) -> list[nn.Parameter]:
+        return [self.wte.weight, self.wpe.weight]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.ln_f.parameters(), self.lm_head.weight]
+
     def forward(self, idx, targets=None):
         logits = self.head(self.run_blocks(self.embed(idx)))
         if targets is None:
@@ -250,6 +284,59 @@ class GPT(nn.Module):
         return base + tuple((None if b.heads is None else len(b.heads),
                              None if b.hidden is None else len(b.hidden)) for b in self.plan)
 
+    # -- the model protocol (leantrain.models.protocol) beyond plan, blocks, embed/run_blocks/head
+    def why_not(self, name: str) -> str | None:
+        if name == "pipeline":
+            return "its output head shares the token embedding with the first unit"
+        return None
+
+    def width_units(self, i: int) -> tuple[int, int]:
+        """What block ``i``'s plan can slice: (attention heads, MLP hidden units)."""
+        return self.config.n_head, 4 * self.config.n_embd
+
+    def width_cost(self, width: float) -> float:
+        """A block's training FLOPs at ``width`` as a fraction of the full block's (matmuls as
+        ``measure.analytic_gpt_flops`` counts them: dense ×3 for forward + backward, attention ×3.5)."""
+        C, T, H = self.config.n_embd, self.config.block_size, self.config.n_head
+        heads = min(H, max(1, round(width * H))) / H
+        hidden = min(4 * C, max(1, round(width * 4 * C))) / (4 * C)
+        sliced = 3 * (8 * C * C * heads + 16 * C * C * hidden) + 3.5 * 4 * T * C * heads
+        return sliced / (3 * 24 * C * C + 3.5 * 4 * T * C)
+
+    def local_units(self, input_shape: tuple[int, ...]) -> Units:
+        """Embedding, every block, final LayerNorm + head; token states (T, n_embd) in between."""
+        T, C = self.config.block_size, self.config.n_embd
+        modules = [Embed(self), *self.blocks, LMHead(self)]
+        params = [[self.wte.weight, self.wpe.weight], *[list(b.parameters()) for b in self.blocks],
+                  list(self.ln_f.parameters())]  # lm_head is tied to wte: the embedding owns it
+        return Units(modules, [(T, C)] * (len(modules) - 1) + [(T, self.config.vocab_size)], "tokens", params,
+                     tied_head_weight=self.wte.weight)
+
+    def set_blocks(self, blocks) -> None:
+        """Replace the ordered blocks. GPT blocks hold no layer index and the forward runs every block
+        it holds, so nothing needs renumbering; ``config.n_layer`` stays the recipe's (full) depth —
+        the run's recipe, which checkpoints record, is not rewritten by a schedule."""
+        self.blocks = nn.ModuleList(blocks)
+
+    def weight_roles(self) -> WeightRoles:
+        c = self.config
+        hs = c.n_embd // c.n_head
+        bias = (lambda name: name + ".bias") if c.bias else (lambda name: None)
+        roles = BlockRoles(
+            qkv=Weight("attn.c_attn.weight", parts=("q", "k", "v"), bias=bias("attn.c_attn")),
+            attn_out=Weight("attn.c_proj.weight", bias=bias("attn.c_proj")),
+            mlp_in=Weight("mlp.c_fc.weight", bias=bias("mlp.c_fc")),
+            mlp_out=Weight("mlp.c_proj.weight", bias=bias("mlp.c_proj")),
+            norms=("ln_1", "ln_2"), n_head=c.n_head, head_size=hs, n_hidden=4 * c.n_embd,
+            attention="attn", mlp="mlp")
+        return WeightRoles(block_prefix="blocks", blocks=(roles,) * len(self.blocks), width=c.n_embd,
+                           token_embedding="wte.weight", position_embedding="wpe.weight", final_norm="ln_f",
+                           output="lm_head.weight", tied=True)
+
+    def dropout_sites(self) -> dict[str, tuple[int, ...]]:
+        every = tuple(range(len(self.blocks)))
+        return {"embedding": (), "attention": every, "residual": every, "mlp": every}
+
     def dropout_rates(self) -> dict[str, float | list[float]]:
         return {"embedding": self.p_emb,
                 "attention": [b.attn.p_attn for b in self.blocks],
@@ -259,6 +346,8 @@ class GPT(nn.Module):
     def set_dropout(self, p: float, site: str | None = None, block: int | None = None) -> None:
         """Set the dropout rate of one site (or all), in one block (or all)."""
         assert 0.0 <= p < 1.0, f"dropout rate must be in [0, 1), got {p}"
+        if site is not None:
+            check_dropout_site(self, site)
         sites = SITES if site is None else (site,)
         if "embedding" in sites and block is None:
             self.p_emb = p

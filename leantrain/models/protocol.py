@@ -41,8 +41,9 @@ capabilities. The capabilities and what each promises (the rest of this file def
     mapping and methods report it — they never set it silently. ``dropout_rates()`` and
     ``set_dropout(p, site=None, block=None)`` (raises ``KeyError`` for an absent site).
 ``units``
-    ``units(input_shape) -> Units``: ordered units whose composition computes the logits, with each
-    unit's per-sample output shape (local learning, greedy to ContSup).
+    ``local_units(input_shape) -> Units``: ordered units whose composition computes the logits, with
+    each unit's per-sample output shape (local learning, greedy to ContSup); ``input_shape`` is one
+    sample's shape (``(T,)`` token ids, ``(C, L)`` / ``(C, H, W)`` arrays).
 ``unit_hooks``
     The same :class:`Units` description, but ``Units.callable`` is False: the modules run only
     inside the model's own ``forward`` (e.g. Hugging Face models, whose forward computes masks and
@@ -53,7 +54,9 @@ capabilities. The capabilities and what each promises (the rest of this file def
     learning): callable units that share no parameters across a cut.
 ``stages``
     ``embed(x) -> h``, ``run_blocks(h) -> h`` and ``head(h) -> logits``: ``forward`` is
-    ``head(run_blocks(embed(x)))`` plus the loss (stitching, distillation, stitch init).
+    ``head(run_blocks(embed(x)))`` plus the loss (stitching, distillation, stitch init);
+    ``embed_parameters()`` / ``head_parameters()``: the parameters ``embed`` / ``head`` use (a tied
+    matrix appears in both).
 ``depth_change``
     ``set_blocks(blocks)``: replace the ordered blocks (fewer, more, copies) and run the model's
     after-depth-change hook (renumber per-layer indices, update the config's layer count and its
@@ -188,6 +191,10 @@ class BlockRoles:
     """A gated MLP's gate (SwiGLU); None for a plain MLP."""
     n_kv_head: int | None = None
     """Key/value heads (grouped-query attention); None = ``n_head``."""
+    attention: str | None = None
+    """Module name of the self-attention (its output is the attention branch, before the residual add)."""
+    mlp: str | None = None
+    """Module name of the MLP (its output is the MLP branch, before the residual add)."""
 
     @property
     def kv_groups(self) -> int:
@@ -300,19 +307,18 @@ def supports(model: nn.Module, *names: str) -> bool:
     return all(n in caps for n in names)
 
 
-def require(model: nn.Module, capability: str, method: str, why: str = "") -> ModelProtocol:
-    """The model's protocol view if it declares ``capability``; else a one-line ConfigError naming
-    the method, the capability, the model class and the model's reason. ``why``: what the method
-    needs it for (appended to the capability's description)."""
+def require(model: nn.Module, capability: str, method: str, message: str = "") -> ModelProtocol:
+    """The model's protocol view if it declares ``capability``; else a one-line ConfigError:
+    ``"{method}: {message}: {the model's reason}"``, ``message`` defaulting to "needs <capability>,
+    which model <class> does not declare". ``method`` names the culprit (e.g. ``methods.raptr``)."""
     if capability not in CAPABILITIES:
         raise KeyError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
     view = adapt(model)
     if capability in view.capabilities():
         return view
     reason = view.why_not(capability)
-    need = CAPABILITIES[capability] + (f" {why}" if why else "")
-    raise ConfigError(f"{method}: needs {need}, which model {type(model).__name__} does not support"
-                      + (f": {reason}" if reason else ""))
+    text = message or f"needs {CAPABILITIES[capability]}, which model {type(model).__name__} does not declare"
+    raise ConfigError(f"{method}: {text}" + (f" ({reason})" if reason else ""))
 
 
 def block_prefix(model: nn.Module) -> str:

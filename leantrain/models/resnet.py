@@ -16,13 +16,16 @@ Interface for training-efficiency methods (all inert by default):
   (32, 20) after a stage-2 block on a (1, 40) signal (a stride-2 conv maps a size s to ceil(s/2)).
 * **Block plan** (stochastic depth, RaPTr by depth), as in :mod:`leantrain.models.gpt`:
   ``model.blocks`` is the ModuleList of the 3n BasicBlocks; ``model.plan`` a list of
-  :class:`~leantrain.models.gpt.BlockPlan` or None. In training mode only the listed blocks run, in
+  :class:`~leantrain.models.protocol.BlockPlan` or None. In training mode only the listed blocks run, in
   the listed order, each residual branch multiplied by ``plan.scale``; a skipped block is the
   identity (its input is a ReLU output, so ReLU(0·branch + x) = x). Evaluation always runs the full
   model. ``model.always_run`` holds the indices of the blocks whose shortcut changes the shape
   (the first block of stages 2 and 3): they cannot be skipped, and a plan that omits one raises
   ValueError. Width slicing is not supported (``heads``/``hidden`` must be None).
   ``model.shape_key()`` is what changes a training step's FLOPs besides the batch shape.
+
+These are the ``units``, ``pipeline``, ``blocks`` and ``plan`` capabilities of the model protocol
+(:mod:`leantrain.models.protocol`), which ResNet implements natively.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 
 from ..config import check
 from ..registry import register_model
-from .gpt import BlockPlan
+from .protocol import BlockPlan, ModelProtocol, Units
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -157,7 +160,9 @@ class Head(nn.Module):
         return self.fc(x.flatten(2).mean(-1))
 
 
-class ResNet(nn.Module):
+class ResNet(nn.Module, ModelProtocol):
+    CAPABILITIES = frozenset({"blocks", "plan", "units", "pipeline"})
+
     def __init__(self, cfg: ResNetConfig):
         super().__init__()
         assert None not in (cfg.dims, cfg.in_channels, cfg.num_classes), \
@@ -208,6 +213,20 @@ class ResNet(nn.Module):
         for c, s in zip(self.unit_channels[:-1], self.unit_strides[:-1]):
             shapes.append((c, *(-(-d // s) for d in spatial)))  # each stride-2 conv: ceil(d / 2)
         return shapes + [(self.unit_channels[-1],)]
+
+    # -- the model protocol (leantrain.models.protocol)
+    def why_not(self, name: str) -> str | None:
+        return {"plan_width": "its blocks are convolutions, with no attention heads or MLP units to slice",
+                "dropout": "it has no dropout sites",
+                "depth_change": "its blocks differ in shape from stage to stage, so copies do not fit",
+                "weight_roles": "its weights are convolutions, not transformer blocks",
+                "stages": "it has no token embedding (its units are stem, blocks, head)"}.get(name)
+
+    def local_units(self, input_shape: tuple[int, ...]) -> Units:
+        """[stem, *blocks, head] with their output shapes for one sample of ``input_shape``."""
+        units = self.units
+        return Units(units, self.unit_shapes(tuple(input_shape)), "conv1d" if len(input_shape) == 2 else "conv2d",
+                     [list(u.parameters()) for u in units])
 
     def check_plan(self, plan: list[BlockPlan]) -> None:
         """Raise ValueError unless ``plan`` runs blocks in increasing order, keeps every always-run

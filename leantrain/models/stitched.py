@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..config import check
 from ..registry import register_model
 from .gpt import GPT, Block, GPTConfig, LayerNorm, _dropout
+from .protocol import ModelProtocol
 
 
 @dataclass
@@ -72,7 +73,9 @@ class StitchedGPTConfig:
                          bias=self.bias)
 
 
-class StitchedGPT(nn.Module):
+class StitchedGPT(nn.Module, ModelProtocol):
+    CAPABILITIES = frozenset({"stages"})
+
     def __init__(self, cfg: StitchedGPTConfig):
         super().__init__()
         assert cfg.vocab_size is not None, "vocab_size must be set (the trainer takes it from the data)"
@@ -114,6 +117,33 @@ class StitchedGPT(nn.Module):
 
     def head(self, x):
         return self.lm_head(self.ln_f(x))
+
+    # -- the model protocol (leantrain.models.protocol): a deployed route, trained as a family
+    def why_not(self, name: str) -> str | None:
+        return ("a stitched route is a deployed configuration of a family; train the family "
+                "(snnet, learngene_pool) instead")
+
+    def embed_parameters(self) -> list[nn.Parameter]:
+        return [self.wte.weight, self.wpe.weight]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.ln_f.parameters(), self.lm_head.weight]
+
+    @torch.no_grad()
+    def load_route(self, first: GPT, segments, stitches, last: GPT) -> None:
+        """Copy one route of a family into this model: the embeddings of ``first``, each segment's
+        blocks (``segments``: lists of GPT blocks), the stitch layers' ``(weight, bias)`` and the final
+        LayerNorm and head of ``last``."""
+        self.wte.load_state_dict(first.wte.state_dict())
+        self.wpe.load_state_dict(first.wpe.state_dict())
+        for target, blocks in zip(self.segments, segments):
+            for dst, src in zip(target, blocks):
+                dst.load_state_dict(src.state_dict())
+        for dst, (weight, bias) in zip(self.stitches, stitches):
+            dst.weight.copy_(weight)
+            dst.bias.copy_(bias)
+        self.ln_f.load_state_dict(last.ln_f.state_dict())
+        self.lm_head.weight.copy_(last.lm_head.weight)  # tied: the same matrix as wte, copied once more
 
     def forward(self, idx, targets=None):
         logits = self.head(self.run_blocks(self.embed(idx)))

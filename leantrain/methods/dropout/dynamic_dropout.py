@@ -22,7 +22,7 @@ from typing import Literal
 from ...config import check
 from ...core import Event, Method, State
 from ...errors import ConfigError
-from ...models.gpt import SITES
+from ...models.protocol import SITES, adapt, require
 from ...registry import register_method
 
 Schedule = Literal["constant", "linear", "exponential", "cosine", "step", "validation"]
@@ -84,25 +84,29 @@ def depth_multipliers(profile: str, n_blocks: int, ratio: float = 0.5) -> list[f
     raise ValueError(f"unknown depth profile {profile!r}")
 
 
-def site_rates(base: Mapping[str, float], multipliers: Sequence[float]) -> Rates:
+def site_rates(base: Mapping[str, float], multipliers: Sequence[float], sites: Sequence[str] = SITES) -> Rates:
     """Each site's base rate times the depth multipliers; the embedding counts as block 0."""
     return {site: base[site] * multipliers[0] if site == "embedding" else [base[site] * m for m in multipliers]
-            for site in SITES}
+            for site in SITES if site in sites}
 
 
 def set_rates(model, rates: Rates) -> None:
-    """Put per-site, per-block rates on a model with ``set_dropout`` (e.g. leantrain's GPT)."""
+    """Put per-site, per-block rates on a model that declares the protocol's ``dropout`` capability
+    (e.g. leantrain's GPT); a block-site's rates go to the blocks that have that site."""
+    model = adapt(model)
+    sites = model.dropout_sites()
     for site, r in rates.items():
         if site == "embedding":
             model.set_dropout(r, site)
         else:
-            for block, p in enumerate(r):
-                model.set_dropout(p, site, block)
+            for block in sites[site]:
+                model.set_dropout(r[block], site, block)
 
 
 def mean_rate(rates: Rates) -> float:
-    """Mean over every dropout site of every block (the embedding once)."""
-    return statistics.fmean([rates["embedding"]] + [p for s in SITES if s != "embedding" for p in rates[s]])
+    """Mean over every dropout site of every block (the embedding once), of the sites in ``rates``."""
+    return statistics.fmean(([rates["embedding"]] if "embedding" in rates else [])
+                            + [p for s in SITES if s != "embedding" and s in rates for p in rates[s]])
 
 
 # ----------------------------------------------------------------------------------- config
@@ -234,14 +238,22 @@ class DynamicDropout(Method):
         self.bad_evals = 0
         self.rates: Rates | None = None
         """The rates last put on the model."""
+        self.absent: list[str] = []
+        """Sites the model does not have (reported at the start, never set)."""
 
     def check(self, state: State) -> None:
-        if not hasattr(state.model, "set_dropout"):
-            raise ConfigError(f"methods.{self.name}: schedules dropout rates, but model "
-                              f"{type(state.model).__name__} has no dropout sites to schedule (gpt has)")
+        model = require(state.model, "dropout", f"methods.{self.name}",
+                        f"schedules dropout rates, but model {type(state.model).__name__} has no dropout "
+                        "sites to schedule (gpt has)")
         where = f"methods.{self.name}."
+        present = model.dropout_sites()
+        self.absent = [s for s in SITES if s not in present]
+        for s in self.absent:
+            if getattr(self.cfg.sites, s) != SiteOverride():
+                raise ConfigError(f"{where}sites.{s}: model {type(state.model).__name__} has no {s} dropout "
+                                  f"site (it has: {', '.join(present) or 'none'})")
         base = getattr(state.recipe.model, "dropout", 0.0)
-        self.sites = {s: self.cfg.for_site(s, default_p0=base) for s in SITES}
+        self.sites = {s: self.cfg.for_site(s, default_p0=base) for s in SITES if s in present}
         for s, c in self.sites.items():
             from_model = self.cfg.p0 is None and getattr(self.cfg.sites, s).p0 is None
             check_bounds(c, where + self.cfg.key_prefix(s), " (from model.dropout)" if from_model else "")
@@ -261,11 +273,23 @@ class DynamicDropout(Method):
         for s, c in self.sites.items():
             milestones = [(at / T if c.milestones_in == "steps" else at, p) for at, p in c.milestones]
             base[s] = self.p[s] if s in self.p else dropout_at(c.schedule, t, T, c.p0, c.p_min, c.k, milestones)
-        return site_rates(base, depth_multipliers(self.cfg.depth_profile, n_blocks, self.cfg.depth_ratio))
+        return site_rates(base, depth_multipliers(self.cfg.depth_profile, n_blocks, self.cfg.depth_ratio),
+                          list(self.sites))
+
+    @staticmethod
+    def n_blocks(model) -> int:
+        """Blocks the per-block rates run over: the model's blocks, or the blocks its sites name."""
+        model = adapt(model)
+        if model.supports("blocks"):
+            return len(model.blocks)
+        return 1 + max((b for blocks in model.dropout_sites().values() for b in blocks), default=0)
 
     def on_event(self, event: Event, state: State) -> None:
+        if event is Event.FIT_START and self.absent and state.rank == 0:
+            print(f"{self.name}: model {type(state.model).__name__} has no {', '.join(self.absent)} dropout "
+                  f"site{'s' if len(self.absent) > 1 else ''}; scheduling {', '.join(self.sites)}", flush=True)
         if event is Event.STEP_START or (event is Event.FIT_START and self.rates is None):
-            self.rates = self.rates_at(state.step, state.max_steps, len(state.model.blocks))
+            self.rates = self.rates_at(state.step, state.max_steps, self.n_blocks(state.model))
         if event in (Event.FIT_START, Event.STEP_START):  # FIT_START: also the resumed rates
             set_rates(state.model, self.rates)
             state.log(f"{self.name}/p", mean_rate(self.rates))
@@ -277,7 +301,7 @@ class DynamicDropout(Method):
     def flop_key(self, state: State) -> tuple[bool, ...]:
         # SDPA runs a different kernel with attention dropout on (on CPU: the math path instead of
         # the fused one, which recomputes in backward), so its FLOPs are measured separately.
-        return tuple(p > 0 for p in self.rates["attention"])
+        return tuple(p > 0 for p in self.rates.get("attention", ()))
 
     def _validation_update(self, val_loss: float) -> None:
         direction, self.best, self.bad_evals = validation_decision(

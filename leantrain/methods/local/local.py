@@ -26,6 +26,7 @@ from ...config import check
 from ...core import Event, Method, State, distributed
 from ...errors import ConfigError
 from ...measure import forward_flops
+from ...models.protocol import ModelProtocol, adapt, require
 from ...registry import register_method
 from .context import FeatureEncoder, InputEncoder, TokenMap, parse_context
 from .heads import Decoder, LMLocalHead, auglocal_head, conv_head, dgl_head, linear_head, pyramidal_depth, supcon_loss
@@ -140,11 +141,13 @@ def interpolated(first: float, last: float, k: int, n_cuts: int) -> float:
 
 
 # ----------------------------------------------------------------------------------- the network
-class LocalModel(nn.Module):
+class LocalModel(nn.Module, ModelProtocol):
     """The model cut into modules: its units, a local head per cut (training only), optional
     reconstruction decoders, and the context encoders feeding each module after the first (deployed).
     ``forward`` is the deployed network (units + contexts). Unknown attributes fall through to the
-    wrapped model (``blocks``, ``set_dropout``, ``config``…), so schedules compose with it."""
+    wrapped model (``set_dropout``, ``config``…); of the model protocol it offers only what still acts
+    on the cut network — the base model's dropout sites — so dropout schedules compose with it and
+    block plans (which its forward would ignore) are refused."""
 
     def __init__(self, base: nn.Module, view: UnitView, cuts: list[int], heads, decoders, contexts,
                  sources: list[list[int]], use_e: bool):
@@ -164,6 +167,12 @@ class LocalModel(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("base"), name)
 
+    def capabilities(self) -> frozenset[str]:
+        return adapt(self.base).capabilities() & {"dropout"}
+
+    def why_not(self, name: str) -> str | None:
+        return "it is cut into local modules, which run the base model's units directly"
+
     @property
     def n_modules(self) -> int:
         return len(self.cuts) + 1
@@ -171,13 +180,13 @@ class LocalModel(nn.Module):
     def bounds(self, k: int) -> tuple[int, int]:
         """Unit indices [start, end) of module k."""
         start = 0 if k == 0 else self.cuts[k - 1] + 1
-        end = self.cuts[k] + 1 if k < len(self.cuts) else len(self.view.units)
+        end = self.cuts[k] + 1 if k < len(self.cuts) else len(self.view.modules)
         return start, end
 
     def run_module(self, k: int, h, memo: dict):
         start, end = self.bounds(k)
         for i in range(start, end):
-            h = self.view.units[i](h)
+            h = self.view.modules[i](h)
             if i == 0 and self.view.kind == "tokens":
                 memo["embedding"] = h.detach()  # a GPT's context E is its embedding output
         return h
@@ -223,7 +232,7 @@ class LocalModel(nn.Module):
     def module_buffers(self, k: int) -> list[torch.Tensor]:
         """Module k's buffers (BatchNorm statistics): its units', head's, decoder's, input encoders'."""
         start, end = self.bounds(k)
-        mods = [self.view.units[i] for i in range(start, end)]
+        mods = [self.view.modules[i] for i in range(start, end)]
         mods += [self.heads[k]] if k < len(self.heads) else []
         mods += [self.decoders[k]] if k < len(self.decoders) else []
         mods += [self.contexts[k - 1]] if k > 0 else []
@@ -253,7 +262,7 @@ def build_local_model(base: nn.Module, cfg: LocalConfig, input_shape: tuple[int,
         shape = view.shapes[c]
         C = view.channels(c)
         if view.kind == "tokens":
-            heads.append(LMLocalHead(C, n_classes, base.wte.weight if cfg.tie_head else None))
+            heads.append(LMLocalHead(C, n_classes, view.tied_head_weight if cfg.tie_head else None))
         elif head == "linear":
             heads.append(linear_head(C, out))
         elif head == "1c2f":
@@ -328,9 +337,10 @@ class LocalLearning(Method):
             if cfg.resolved("update") == "immediate":
                 raise ConfigError("methods.local.update: immediate updates need modules that share no "
                                   "parameters, but a GPT's output head is tied to its token embedding")
-            if cfg.parallel == "modules" and state.world_size > 1:
-                raise ConfigError("methods.local.parallel: a GPT's output head shares the token embedding "
-                                  "with the first module, so its modules cannot live on different ranks")
+        if cfg.parallel == "modules" and state.world_size > 1:
+            require(model, "pipeline", "methods.local.parallel",
+                    f"modules on different ranks need units that split into sequential stages, which model "
+                    f"{type(model).__name__} does not support")
         if cfg.parallel == "modules":
             world = state.world_size
             if world % cfg.replicas:

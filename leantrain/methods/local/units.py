@@ -1,80 +1,39 @@
 """A model's ordered units as local learning sees them, and how to cut them into modules.
 
-Units applied in order compute the model's logits. ResNet exposes them (``model.units``: stem, every
-block, head); a GPT's are its embedding, every block and its head (final LayerNorm + LM head). The
+Units applied in order compute the model's logits; a model describes them through the model protocol
+(:class:`leantrain.models.protocol.Units`, capability ``units``): a ResNet's are its stem, every block
+and its head; a GPT's its embedding, every block and its head (final LayerNorm + LM head). The
 last unit is the model's own head: it always belongs to the last module, so a model with n units
 can be cut into 1 ≤ K ≤ n − 1 modules. A cut is the index of the unit after which a module ends.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ...errors import ConfigError
 from ...measure import saved_tensor_bytes
+from ...models.protocol import Units, adapt, require
 
 
-class Embed(nn.Module):
-    """A GPT's token + position embedding as a unit (the modules stay the GPT's own)."""
-
-    def __init__(self, gpt):
-        super().__init__()
-        self.gpt = [gpt]  # a list: not a submodule, its parameters stay registered on the GPT
-
-    def forward(self, idx):
-        return self.gpt[0].embed(idx)
+UnitView = Units
+"""A model's ordered units (:class:`leantrain.models.protocol.Units`)."""
 
 
-class LMHead(nn.Module):
-    """A GPT's final LayerNorm + LM head as a unit."""
-
-    def __init__(self, gpt):
-        super().__init__()
-        self.gpt = [gpt]
-
-    def forward(self, h):
-        return self.gpt[0].head(h)
-
-
-@dataclass
-class UnitView:
-    units: list[nn.Module]
-    """Applied in order: logits. The last one is the model's head."""
-    shapes: list[tuple[int, ...]]
-    """Each unit's output shape for one sample: (C, L) / (C, H, W) feature maps, (T, C) token states;
-    the head's: its logits' trailing shape."""
-    kind: str
-    """``conv1d``, ``conv2d`` or ``tokens``: what the local heads and context encoders are built from."""
-    params: list[list[nn.Parameter]]
-    """Each unit's own parameters (a GPT's embedding owns the token table its head shares)."""
-
-    @property
-    def n_cuttable(self) -> int:
-        return len(self.units) - 1
-
-    def channels(self, i: int) -> int:
-        """Unit ``i``'s feature channels (``n_embd`` for token states)."""
-        return self.shapes[i][-1] if self.kind == "tokens" else self.shapes[i][0]
-
-
-def unit_view(model: nn.Module, input_shape: tuple[int, ...]) -> UnitView:
-    """The units of a ResNet (``model.units``) or a GPT (embedding, blocks, head)."""
-    if hasattr(model, "units") and hasattr(model, "unit_shapes"):
-        units = list(model.units)
-        kind = "conv1d" if len(input_shape) == 2 else "conv2d"
-        return UnitView(units, model.unit_shapes(tuple(input_shape)), kind,
-                        [list(u.parameters()) for u in units])
-    if hasattr(model, "embed") and hasattr(model, "blocks") and hasattr(model, "head"):
-        T, C = model.config.block_size, model.config.n_embd
-        units = [Embed(model), *model.blocks, LMHead(model)]
-        params = [[model.wte.weight, model.wpe.weight], *[list(b.parameters()) for b in model.blocks],
-                  [p for p in model.ln_f.parameters()]]  # lm_head is tied to wte: the embedding owns it
-        return UnitView(units, [(T, C)] * (len(units) - 1) + [(T, model.config.vocab_size)], "tokens", params)
-    raise ConfigError(f"local learning needs a model made of ordered units (resnet, gpt); "
-                      f"{type(model).__name__} is not")
+def unit_view(model: nn.Module, input_shape: tuple[int, ...]) -> Units:
+    """The model's ordered units through the model protocol (capability ``units``): a ResNet's stem,
+    blocks and head; a GPT's embedding, blocks and head; any model that declares them."""
+    view = adapt(model)
+    if not view.supports("units") and view.supports("unit_hooks"):
+        raise ConfigError(f"methods.local: model {type(model).__name__} runs its units only inside its own "
+                          "forward (capability unit_hooks); local learning here needs callable units "
+                          "(capability units)")
+    view = require(model, "units", "methods.local",
+                   f"local learning needs a model made of ordered units (resnet, gpt); {type(model).__name__} "
+                   "does not declare them")
+    return view.local_units(tuple(input_shape))
 
 
 # ----------------------------------------------------------------------------------- cuts
@@ -115,7 +74,7 @@ def unit_activation_bytes(view: UnitView, x: torch.Tensor) -> list[int]:
     out = []
     h = x
     params = [p for unit_params in view.params for p in unit_params]
-    for unit in view.units[:-1]:
+    for unit in view.modules[:-1]:
         h = h.detach()
         with torch.enable_grad(), saved_tensor_bytes(params) as rec:
             if h.is_floating_point():
@@ -132,7 +91,7 @@ def unit_seconds(view: UnitView, x: torch.Tensor, repeats: int = 5) -> list[floa
     import statistics
     import time
     out, h = [], x
-    for unit in view.units[:-1]:
+    for unit in view.modules[:-1]:
         h = h.detach().requires_grad_(h.is_floating_point())
         times = []
         for _ in range(repeats):

@@ -15,6 +15,7 @@ from typing import Literal
 
 from ...config import check
 from ...core import Event, Method, State
+from ...models.protocol import adapt
 from ...registry import register_method
 from .subnetworks import check_plan_model, layer_drop_plan, step_generator
 
@@ -49,12 +50,13 @@ class _LayerDrop(Method):
 
     def on_event(self, event: Event, state: State) -> None:
         if event is Event.STEP_START:
-            probs = self.keep_probs(len(state.model.blocks), state.step)
+            model = adapt(state.model)
+            probs = self.keep_probs(len(model.blocks), state.step)
             gen = step_generator(state.recipe.train.seed, state.step, self.name)
-            state.model.plan = layer_drop_plan(probs, gen, getattr(state.model, "always_run", ()))
-            state.log(f"{self.name}/path_len", len(state.model.plan))
+            model.plan = layer_drop_plan(probs, gen, model.always_run)
+            state.log(f"{self.name}/path_len", len(model.plan))
         elif event is Event.FIT_END:
-            state.model.plan = None
+            adapt(state.model).plan = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from ...config import check
 from ...core import Event, Method, State
 from ...errors import ConfigError
-from ...models.gpt import BlockPlan
+from ...models.protocol import BlockPlan, adapt, require
 from ...registry import register_method
 from .subnetworks import (branch_scale, check_plan_model, fixed_blocks, kept_units, sample_path, sample_units,
                           stage_ends, stage_index, step_generator)
@@ -165,19 +165,19 @@ class RaPTr(Method):
         return total / max_steps
 
     def check(self, state: State) -> None:
-        check_plan_model(state.model, "raptr")
-        L, cfg = len(state.model.blocks), self.cfg
+        model = check_plan_model(state.model, "raptr")
+        L, cfg = len(model.blocks), self.cfg
         bad = [i for i in cfg.fixed if not -L <= i < L]
         if bad:
             raise ConfigError(f"methods.raptr.fixed: block {bad[0]} does not exist (the model has {L})")
         if len(fixed_blocks(cfg.fixed, L)) != len(cfg.fixed):
             raise ConfigError(f"methods.raptr.fixed: {cfg.fixed} names a block twice in a {L}-block model")
         narrow = [i for i, s in enumerate(cfg.stages) if s.width < 1]
-        if narrow and not hasattr(state.model, "width_unused_slices"):
-            raise ConfigError(f"methods.raptr.stages[{narrow[0]}].width: width sampling keeps a subset of "
-                              f"attention heads and MLP units, which model {type(state.model).__name__} "
-                              "does not have; use width 1 (depth only)")
-        fixed = fixed_blocks(cfg.fixed, L, getattr(state.model, "always_run", ()))
+        if narrow:
+            require(state.model, "plan_width", f"methods.raptr.stages[{narrow[0]}].width",
+                    f"width sampling keeps a subset of attention heads and MLP units, which model "
+                    f"{type(state.model).__name__} does not support; use width 1 (depth only)")
+        fixed = fixed_blocks(cfg.fixed, L, model.always_run)
         for i, s in enumerate(cfg.stages):
             where = f"methods.raptr.stages[{i}].path_len"
             if s.path_len is not None and not len(fixed) <= s.path_len <= L:
@@ -201,7 +201,8 @@ class RaPTr(Method):
             self.set_plan(state)
         elif event is Event.AFTER_BACKWARD:
             if self.cfg.freeze_skipped_in_optimizer:
-                slices = state.model.width_unused_slices() if hasattr(state.model, "width_unused_slices") else []
+                model = adapt(state.model)
+                slices = model.width_unused_slices() if model.supports("plan_width") else []
                 self._frozen = snapshot(slices, state.optimizer)
             else:
                 zero_skipped_grads(state.model)
@@ -209,37 +210,38 @@ class RaPTr(Method):
             restore(self._frozen)
             self._frozen = []
         elif event is Event.FIT_END:
-            state.model.plan = None
+            adapt(state.model).plan = None
 
     def set_plan(self, state: State) -> None:
-        model, cfg = state.model, self.cfg
+        model, cfg = adapt(state.model), self.cfg
         stage = stage_index(self.stage_ends(state.max_steps), state.step)  # 0 = warm-up
         L = len(model.blocks)
-        fixed = fixed_blocks(cfg.fixed, L, getattr(model, "always_run", ()))
+        fixed = fixed_blocks(cfg.fixed, L, model.always_run)
         p = 1.0 if stage == 0 else stage_keep_prob(cfg.stages[stage - 1], len(fixed), L)
         width = 1.0 if stage == 0 else cfg.stages[stage - 1].width
         if p == 1.0 and width == 1.0:
             model.plan = None  # the full model: nothing to sample
         else:
             gen = step_generator(state.recipe.train.seed, state.step, self.name)
-            heads, hidden = (model.config.n_head, 4 * model.config.n_embd) if width < 1 else (1, 1)
+            heads, hidden = model.width_units(0) if width < 1 else (1, 1)
             model.plan = sample_plan(L, heads, hidden, fixed, p, width,
                                      sampling=cfg.sampling, scale=cfg.scale, width_rescale=cfg.width_rescale,
-                                     generator=gen, device=next(model.parameters()).device)
+                                     generator=gen, device=next(state.model.parameters()).device)
         state.log("raptr/stage", stage)
         state.log("raptr/path_len", L if model.plan is None else len(model.plan))
 
     def describe(self, state: State) -> str:
-        model, L = state.model, len(state.model.blocks)
-        fixed = fixed_blocks(self.cfg.fixed, L, getattr(model, "always_run", ()))
+        model = adapt(state.model)
+        L = len(model.blocks)
+        fixed = fixed_blocks(self.cfg.fixed, L, model.always_run)
         n_fixed = len(fixed)
         ends = self.stage_ends(state.max_steps)
         parts = [f"{b - a} steps at path {n_fixed + stage_keep_prob(s, n_fixed, L) * (L - n_fixed):.3g}"
                  + (f" × width {s.width:.3g}" if s.width < 1 else "")
                  for s, a, b in zip(self.cfg.stages, ends, ends[1:])]
         warm = f"{ends[0]} full-model warm-up steps, " if ends[0] else ""
-        if hasattr(model, "width_unused_slices"):  # blocks of equal cost (GPT): a FLOP fraction
-            what = f"expected FLOP fraction of the blocks {self.expected_block_fraction(model.config, state.max_steps):.3f}"
+        if callable(getattr(model, "width_cost", None)):  # blocks of equal cost (GPT): a FLOP fraction
+            what = f"expected FLOP fraction of the blocks {self._fraction(L, fixed, state.max_steps, model.width_cost):.3f}"
         else:
             what = f"expected fraction of blocks run {self._fraction(L, fixed, state.max_steps):.3f}"
         return f"raptr: {what} (embedding and head excluded); {warm}{', '.join(parts)} of {L} blocks"
@@ -267,6 +269,7 @@ def restore(saved) -> None:
 
 def zero_skipped_grads(model: torch.nn.Module) -> None:
     """Give the blocks this step skipped zero gradients, so AdamW's momentum and decay still move them."""
+    model = adapt(model)
     if model.plan is None:
         return
     run = {bp.index for bp in model.plan}

@@ -15,18 +15,21 @@ import torch
 from ...config import check
 from ...core import Event, Method, State
 from ...errors import ConfigError, LeantrainError
+from ...models.protocol import adapt, require, same_shape_blocks
 from ...registry import register_method
 from .subnetworks import stage_ends, stage_index
 
 
 def stack_blocks(model: torch.nn.Module, depth: int, init: str) -> dict[int, int]:
-    """Grow ``model.blocks`` to ``depth`` blocks with copies of its blocks.
+    """Grow the model's blocks to ``depth`` blocks with copies of its blocks (protocol capability
+    ``depth_change``: the model's ``set_blocks`` renumbers whatever needs it).
 
     ``copy_top`` appends copies of the top ``depth − n`` blocks in order (StackBERT's doubling when
     that is all of them; more than doubling repeats the stack); ``interleave`` inserts copies of
     blocks spread evenly over the depth, each right after its source. Original blocks keep their
     parameter objects. Returns {new index: source index before growing} for every copy.
     """
+    model = adapt(model)
     n = len(model.blocks)
     k = depth - n
     if k < 0:
@@ -43,14 +46,21 @@ def stack_blocks(model: torch.nn.Module, depth: int, init: str) -> dict[int, int
         else:
             blocks.append(model.blocks[src])
             seen.add(src)
-    model.blocks = torch.nn.ModuleList(blocks)
+    model.set_blocks(blocks)
     return copies
+
+
+def cut_blocks(model: torch.nn.Module, depth: int) -> None:
+    """Keep the model's first ``depth`` blocks (protocol capability ``depth_change``)."""
+    model = adapt(model)
+    model.set_blocks(list(model.blocks)[:depth])
 
 
 def moment_map(model: torch.nn.Module, copies: dict[int, int]) -> dict[str, str]:
     """New parameter name -> source parameter name (pre-growth numbering), for copying AdamW state."""
-    names = [n for n, _ in model.blocks[0].named_parameters()]
-    return {f"blocks.{new}.{n}": f"blocks.{src}.{n}" for new, src in copies.items() for n in names}
+    model = adapt(model)
+    names, prefix = [n for n, _ in model.blocks[0].named_parameters()], model.block_prefix
+    return {f"{prefix}.{new}.{n}": f"{prefix}.{src}.{n}" for new, src in copies.items() for n in names}
 
 
 @dataclass
@@ -108,12 +118,13 @@ class Stacking(Method):
         return sum(s * d for s, d in zip(steps, self.depths(L))) / (max_steps * L)
 
     def check(self, state: State) -> None:
-        blocks = getattr(state.model, "blocks", None)
-        shapes = {tuple((n, p.shape) for n, p in b.named_parameters()) for b in blocks or ()}
-        if blocks is None or len(shapes) > 1:
-            raise ConfigError(f"stacking grows depth by copying blocks, so every block must have the same "
-                              f"shape; model {type(state.model).__name__}'s blocks differ (use gpt)")
-        L = self.full_depth = len(state.model.blocks)
+        why = (f"stacking grows depth by copying blocks, so every block must have the same shape; model "
+               f"{type(state.model).__name__}'s blocks differ (use gpt)")
+        for capability in ("blocks", "depth_change"):
+            model = require(state.model, capability, "methods.stacking", why)
+        if not same_shape_blocks(model.blocks):
+            raise ConfigError(f"methods.stacking: {why}")
+        L = self.full_depth = len(model.blocks)
         depths = self.depths(L)
         if depths[-1] != L:
             raise ConfigError(f"methods.stacking.depths: the last depth must be the model's n_layer={L} "
@@ -130,10 +141,10 @@ class Stacking(Method):
     def on_event(self, event: Event, state: State) -> None:
         if event is not Event.STEP_START:
             return
-        model, L = state.model, self.full_depth
+        model, L = adapt(state.model), self.full_depth
         target = self.depths(L)[stage_index(self.stage_ends(L, state.max_steps), state.step)]
         if self.depth is None and len(model.blocks) > target:  # first step: start shallow
-            del model.blocks[target:]
+            cut_blocks(model, target)
             state.request_rebuild()
         elif target > len(model.blocks):
             copies = stack_blocks(model, target, self.cfg.init)
@@ -150,4 +161,4 @@ class Stacking(Method):
     def restore(self, state: State) -> None:
         # Every block has the same shape, so the first `depth` blocks give the checkpoint's structure.
         if self.depth is not None:
-            del state.model.blocks[self.depth:]
+            cut_blocks(state.model, self.depth)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ...models.gpt import BlockPlan
+from ...models.protocol import BlockPlan, ModelProtocol, require
 
 
 def step_generator(seed: int, step: int, salt: str) -> torch.Generator:
@@ -37,16 +37,18 @@ def stage_index(ends: Sequence[int], step: int) -> int:
 
 def fixed_blocks(fixed: Iterable[int], n_layer: int, always_run: Iterable[int] = ()) -> list[int]:
     """Normalise possibly negative block indices (``-1`` = the last block), plus the blocks the model
-    can never skip (``model.always_run``, e.g. a ResNet's downsampling blocks)."""
+    can never skip (the protocol's ``always_run``, e.g. a ResNet's downsampling blocks)."""
     return sorted({i % n_layer for i in fixed} | set(always_run))
 
 
-def check_plan_model(model, method: str) -> None:
-    """Refuse a model without the block-plan interface (``blocks`` and ``plan``)."""
-    from ...errors import ConfigError
-    if not (hasattr(model, "plan") and hasattr(model, "blocks")):
-        raise ConfigError(f"{method} skips blocks through a block plan, which model "
-                          f"{type(model).__name__} does not have (gpt and resnet do)")
+def check_plan_model(model, method: str) -> ModelProtocol:
+    """The model's protocol view, after refusing a model that does not declare ordered blocks and a
+    block plan (capabilities ``blocks`` and ``plan``): having attributes of those names is not enough."""
+    for capability in ("blocks", "plan"):
+        require(model, capability, f"methods.{method}",
+                f"skips blocks through a block plan, which model {type(model).__name__} does not declare "
+                "(gpt and resnet do)")
+    return require(model, "plan", f"methods.{method}")
 
 
 def sample_path(n_layer: int, fixed: Sequence[int], keep_prob: float, sampling: str,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ...config import build, to_dict
 from ...errors import ConfigError, LeantrainError
 from ...measure import forward_flops
+from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...models.stitched import StitchedGPT, StitchedGPTConfig
 from .routes import (V2_KINDS, Route, Segment, learngene_routes, parse_stitch_key, snnet_v1_routes,
@@ -76,7 +77,8 @@ class ConfigRow:
 
 
 class StitchedFamily(nn.Module):
-    """Stacks (GPTs, ascending width) + stitch layers + the allowed routes. Build it with
+    """Stacks (GPTs, ascending width; reached through the model protocol's ``blocks`` and ``stages``:
+    ``embed``, ``blocks``, ``head``) + stitch layers + the allowed routes. Build it with
     :func:`snnet_family` or :func:`learngene_pool`; rebuild it from a checkpoint with :meth:`from_spec`."""
 
     def __init__(self, stacks: Sequence[GPT], routes: Sequence[Route], labels: Sequence[str] | None = None,
@@ -174,20 +176,13 @@ class StitchedFamily(nn.Module):
     def materialize(self, config_id: int) -> StitchedGPT:
         """One configuration as a standalone model holding copies of its weights (LoRA merged)."""
         r = self.route(config_id)
-        device = self.stacks[0].wte.weight.device
+        device = next(self.stacks[0].parameters()).device
         with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the RNG alone
             model = StitchedGPT(self.model_config(config_id)).to(device)
-        first, last = self.stacks[r.segments[0].stack], self.stacks[r.segments[-1].stack]
-        model.wte.load_state_dict(first.wte.state_dict())
-        model.wpe.load_state_dict(first.wpe.state_dict())
-        for target, seg in zip(model.segments, r.segments):
-            for dst, src in zip(target, self.stacks[seg.stack].blocks[seg.start:seg.stop]):
-                dst.load_state_dict(src.state_dict())
-        for dst, key in zip(model.stitches, r.stitches):
-            dst.weight.copy_(self.stitches[key].merged_weight())
-            dst.bias.copy_(self.stitches[key].bias)
-        model.ln_f.load_state_dict(last.ln_f.state_dict())
-        model.lm_head.weight.copy_(last.lm_head.weight)  # tied: the same matrix as wte, copied once more
+        model.load_route(self.stacks[r.segments[0].stack],
+                         [self.stacks[s.stack].blocks[s.start:s.stop] for s in r.segments],
+                         [(self.stitches[k].merged_weight(), self.stitches[k].bias) for k in r.stitches],
+                         self.stacks[r.segments[-1].stack])
         return model
 
     def generate(self, *args, **kwargs):
@@ -200,9 +195,9 @@ class StitchedFamily(nn.Module):
         """Parameters of the exported model of ``config_id`` (a tied head counted once)."""
         r = self.route(config_id)
         first, last = self.stacks[r.segments[0].stack], self.stacks[r.segments[-1].stack]
-        modules = [first.wte, first.wpe, last.ln_f, last.lm_head]
-        modules += [b for s in r.segments for b in self.stacks[s.stack].blocks[s.start:s.stop]]
-        unique = {id(p): p.numel() for m in modules for p in m.parameters()}
+        params = [*first.embed_parameters(), *last.head_parameters()]
+        params += [p for s in r.segments for b in self.stacks[s.stack].blocks[s.start:s.stop] for p in b.parameters()]
+        unique = {id(p): p.numel() for p in params}
         return sum(unique.values()) + sum(self.stitches[k].deployed_numel() for k in r.stitches)
 
     def stored_params(self) -> dict[str, int]:
@@ -258,6 +253,9 @@ def _check_compatible(stacks: Sequence[GPT], labels: Sequence[str]) -> None:
         raise ConfigError(f"{len(labels)} labels for {len(stacks)} stacks")
     if not stacks:
         raise ConfigError("a stitched family needs at least one stack")
+    for label, s in zip(labels, stacks):
+        for capability in ("blocks", "stages"):
+            protocol.require(s, capability, f"stack {label}")
     c0 = stacks[0].config
     for label, s in zip(labels, stacks):
         for key, what in (("vocab_size", "one vocabulary"), ("block_size", "one context length"),

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 
 
@@ -56,10 +57,13 @@ def record_features(model: GPT, blocks: Sequence[int]) -> Iterator[dict[str, dic
             rec[kind][i] = output
         return hook
 
+    view = protocol.require(model, "weight_roles", "learngene distillation")
+    roles = view.weight_roles().blocks
     handles = []
     for i in blocks:
-        handles.append(model.blocks[i].register_forward_hook(keep("hidden", i)))
-        handles.append(model.blocks[i].attn.register_forward_hook(keep("attn", i)))
+        block = view.blocks[i]
+        handles.append(block.register_forward_hook(keep("hidden", i)))
+        handles.append(block.get_submodule(roles[i].attention).register_forward_hook(keep("attn", i)))
     try:
         yield rec
     finally:

@@ -20,6 +20,7 @@ from ...config import build, check
 from ...core import Event, Method, State
 from ...data import fixed_batches
 from ...errors import ConfigError
+from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...registry import register_method
 from .family import StitchedFamily, learngene_pool, snnet_family
@@ -40,6 +41,13 @@ def runs_alone(name: str, state: State) -> None:
     if state.data.task != "lm" or not hasattr(state.data, "train"):
         raise ConfigError(f"methods.{name}: stitched GPT families train on text (data.name: text), "
                           f"not {state.recipe.data_name!r}")
+
+
+def plain_stack(model: torch.nn.Module) -> bool:
+    """Whether ``model`` can be a stack of a family (or an ancestry / auxiliary model): it declares
+    ordered blocks, the embedding / blocks / head entry points and its weights' roles (a model a
+    method has wrapped, e.g. cut into local modules, does not)."""
+    return protocol.supports(model, "blocks", "stages", "weight_roles")
 
 
 def _model_device(state: State) -> torch.device:
@@ -235,7 +243,7 @@ class SNNet(FamilyMethod):
             key = f"methods.snnet.anchors[{i}]"
             meta = read_source(path, key, state, "anchors")
             trained = load_recorded(identity(path, meta), key)
-            if type(trained.model) is not GPT:
+            if not plain_stack(trained.model):
                 raise ConfigError(f"{key}: {path} was trained with methods that change the model "
                                   f"({type(trained.model).__name__}); anchors must be plain gpt runs")
             anchors.append(trained.model.train())
@@ -287,7 +295,7 @@ class LearngeneDistill(Method):
     def check(self, state: State) -> None:
         runs_alone(self.name, state)
         key = f"methods.{self.name}.ancestry"
-        if type(state.model) is not GPT:
+        if state.recipe.model_name != "gpt" or not plain_stack(state.model):
             raise ConfigError(f"methods.{self.name}: the auxiliary model is the recipe's model and must be "
                               f"model.name: gpt, not {state.recipe.model_name!r}")
         meta = read_source(self.cfg.ancestry, key, state, "the ancestry")
@@ -343,7 +351,7 @@ def load_teacher(ancestry: dict, key: str, state: State) -> GPT:
     """The recorded ancestry run, frozen, in eval mode, on the run's device."""
     with torch.random.fork_rng(devices=[]):  # building it must not shift the run's random stream
         teacher = load_recorded(ancestry, key).model
-    if type(teacher) is not GPT:
+    if not plain_stack(teacher):
         raise ConfigError(f"{key}: {ancestry['run']} was trained with methods that change the model; the "
                           "ancestry must be a plain gpt run")
     return teacher.requires_grad_(False).eval().to(_model_device(state))

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ...errors import ConfigError
+from ...models import protocol
 from ...models.gpt import GPT
 from .family import StitchedFamily
 from .routes import parse_stitch_key
@@ -32,10 +33,11 @@ def block_inputs(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
     at index L: ``out[k]`` is what the stack expects before block k, ``out[j + 1]`` what block j gives."""
     was_training = model.training
     model.eval()
+    view = protocol.require(model, "stages", "stitch init")
     try:
-        x = model.embed(idx)
+        x = view.embed(idx)
         out = [x]
-        for block in model.blocks:
+        for block in view.blocks:
             x = block(x)
             out.append(x)
     finally:
