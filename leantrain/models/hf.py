@@ -126,6 +126,11 @@ class HFConfig:
         return FAMILIES[self.model_type][1]
 
     @property
+    def vocab_size(self) -> int | None:
+        """Text models: the vocabulary (the config's, filled in from the data)."""
+        return self.hf_dict().get("vocab_size")
+
+    @property
     def consumes(self) -> str:
         """The data kind's task this model takes: ``lm`` or ``classification``."""
         return CONSUMES[self.task]
@@ -177,11 +182,11 @@ class HFConfig:
 
 
 # ----------------------------------------------------------------------------------- the model
-CAPABILITIES = frozenset({"blocks", "plan", "dropout", "unit_hooks", "depth_change", "weight_roles", "export"})
+CAPABILITIES = frozenset({"blocks", "plan", "dropout", "units", "depth_change", "weight_roles", "export"})
 WHY_NOT = {
     "plan_width": "width slicing of Hugging Face attention/MLP modules is not implemented; use width 1",
-    "units": "HF's forward computes masks and position embeddings between the blocks, so its units run "
-             "only inside that forward (local learning cuts them with hooks: unit_hooks)",
+    "unit_hooks": "its units are callable (capability units): HF's forward computes the masks and "
+                  "position embeddings, recorded for the block units",
     "pipeline": "later pipeline stages would need the masks and rotary embeddings HF's forward computes "
                 "on the first stage (and tied embeddings span the first and last module)",
     "stages": "HF's forward is left to run whole (its embedding/blocks/head are not separate entry points)",
@@ -202,6 +207,8 @@ class HFModel(ModelProtocol, nn.Module):
         self.task = cfg.task
         self.layout = layout_for(cfg.family)
         self.plan = None
+        self._recording: list | None = None
+        self._context: list = []
         self.sync_depth()
 
     def why_not(self, name: str) -> str | None:
@@ -264,10 +271,12 @@ class HFModel(ModelProtocol, nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    # -- units (local learning, cut by hooks inside HF's forward) ---------------------------------
-    def units(self, input_shape) -> Units:
+    # -- units (local learning) -------------------------------------------------------------------
+    def local_units(self, input_shape) -> Units:
+        """[embedding, every block, head] as callable units. The embedding unit runs HF's forward up
+        to the first block and records what HF hands each block (masks — per layer type —, rotary
+        position embeddings, ...); the block units run with those, so HF computes them as always."""
         hf, lay = self.hf, self.layout
-        first = lay.embedding_output(hf)
         head = lay.head_modules(hf)
         blocks = list(self.blocks)
         in_blocks = {id(p) for b in blocks for p in b.parameters()}
@@ -284,11 +293,34 @@ class HFModel(ModelProtocol, nn.Module):
         else:
             tokens = self.config.block_size
             out = (tokens, hf.config.vocab_size)
+        modules = [_EmbedUnit(self), *[_BlockUnit(self, i) for i in range(len(blocks))], _HeadUnit(self)]
         shapes = [(tokens, width)] * (len(blocks) + 1) + [out]
-        return Units(modules=[first, *blocks, head[-1]], shapes=shapes, kind="tokens",
+        return Units(modules=modules, shapes=shapes, kind="tokens",
                      params=[embed_params, *[list(b.parameters()) for b in blocks], head_params],
-                     callable=False, tied_head_weight=tied,
-                     output=_hidden_of, replace_output=_with_hidden)
+                     tied_head_weight=tied)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The first block's input, from HF's own forward (stopped there); records every block's
+        other arguments for :meth:`run_block`."""
+        self.sync_depth()
+        self._recording = []
+        try:
+            if self.task == "image_classification":
+                self.hf(pixel_values=x)
+            else:
+                self.hf(input_ids=x, use_cache=False)
+        except _Captured as c:
+            return c.args[0]
+        finally:
+            self._context, self._recording = self._recording, None
+        raise RuntimeError("the model's forward finished without reaching its blocks")
+
+    def run_block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        args, kwargs = self._context[i]
+        return _hidden_of(self.blocks[i](h, *args, **kwargs))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layout.head(self.hf, h)
 
     # -- dropout sites ---------------------------------------------------------------------------
     def dropout_sites(self) -> dict[str, tuple[int, ...]]:
@@ -352,6 +384,31 @@ class HFModel(ModelProtocol, nn.Module):
         return idx
 
 
+class _Captured(Exception):
+    """Stops HF's forward once every block's arguments are recorded (``HFModel.embed``)."""
+
+
+class _Unit(nn.Module):
+    def __init__(self, model: "HFModel", i: int = -1):
+        super().__init__()
+        self.model, self.i = [model], i  # a list: the model's parameters stay registered on it alone
+
+
+class _EmbedUnit(_Unit):
+    def forward(self, x):
+        return self.model[0].embed(x)
+
+
+class _BlockUnit(_Unit):
+    def forward(self, h):
+        return self.model[0].run_block(self.i, h)
+
+
+class _HeadUnit(_Unit):
+    def forward(self, h):
+        return self.model[0].head(h)
+
+
 def _hidden_of(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -369,6 +426,14 @@ def _bind(model: HFModel, block: nn.Module) -> None:
 
     def forward(hidden_states, *args, **kwargs):
         m = owner[0]
+        if m._recording is not None:  # HFModel.embed: record this block's arguments, skip it
+            m._recording.append((args, kwargs))
+            if len(m._recording) == 1:
+                m._first_input = hidden_states
+            if len(m._recording) == len(m.blocks):
+                first, m._first_input = m._first_input, None
+                raise _Captured(first)
+            return hidden_states
         if m.plan is None or not m.training:
             return original(hidden_states, *args, **kwargs)
         entry = m._plan_index().get(block._leantrain_index)

@@ -89,6 +89,11 @@ class Layout:
     def head_modules(self, hf: nn.Module) -> list[nn.Module]:
         return [operator.attrgetter(p)(hf) for p in self.head_paths]
 
+    def head(self, hf: nn.Module, h):
+        for m in self.head_modules(hf):
+            h = m(h)
+        return h
+
     def embedding_output(self, hf: nn.Module) -> nn.Module:
         return operator.attrgetter(self.embedding_path)(hf)
 
@@ -137,7 +142,7 @@ class GPT2Layout(Layout):
                           mlp_in=Weight("mlp.c_fc.weight", 1, bias="mlp.c_fc.bias"),
                           mlp_out=Weight("mlp.c_proj.weight", 1, bias="mlp.c_proj.bias"),
                           norms=("ln_1", "ln_2"), n_head=c.n_head, head_size=c.n_embd // c.n_head,
-                          n_hidden=hidden)
+                          n_hidden=hidden, attention="attn", mlp="mlp")
 
 
 class LlamaLayout(Layout):
@@ -160,7 +165,7 @@ class LlamaLayout(Layout):
                           mlp_gate=lin("mlp.gate_proj", mlp), mlp_in=lin("mlp.up_proj", mlp),
                           mlp_out=lin("mlp.down_proj", mlp), norms=("input_layernorm", "post_attention_layernorm"),
                           n_head=c.num_attention_heads, head_size=hd, n_hidden=c.intermediate_size,
-                          n_kv_head=c.num_key_value_heads)
+                          n_kv_head=c.num_key_value_heads, attention="self_attn", mlp="mlp")
 
 
 class BertLayout(Layout):
@@ -178,7 +183,7 @@ class BertLayout(Layout):
                           attn_out=lin("attention.output.dense"), mlp_in=lin("intermediate.dense"),
                           mlp_out=lin("output.dense"), norms=("attention.output.LayerNorm", "output.LayerNorm"),
                           n_head=c.num_attention_heads, head_size=c.hidden_size // c.num_attention_heads,
-                          n_hidden=c.intermediate_size)
+                          n_hidden=c.intermediate_size, attention="attention.self", mlp="output")
 
 
 class ViTLayout(Layout):
@@ -203,7 +208,7 @@ class ViTLayout(Layout):
                           v=lin("attention.v_proj", qkv), attn_out=lin("attention.o_proj"), mlp_in=lin("mlp.fc1"),
                           mlp_out=lin("mlp.fc2"), norms=("layernorm_before", "layernorm_after"),
                           n_head=c.num_attention_heads, head_size=c.hidden_size // c.num_attention_heads,
-                          n_hidden=c.intermediate_size)
+                          n_hidden=c.intermediate_size, attention="attention", mlp="mlp")
 
     def head(self, hf: nn.Module, h):
         return hf.classifier(hf.vit.layernorm(h)[:, 0, :])  # the [CLS] token, as ViTForImageClassification
