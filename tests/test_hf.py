@@ -327,3 +327,18 @@ def test_evaluate_and_sample_on_hf_runs(tmp_path):
     assert evaluate_checkpoint(bert, "val") == evaluate_checkpoint(bert, "val")  # fixed evaluation masks
     with pytest.raises(LeantrainError, match="only causal LMs generate"):
         sample_text(bert, "To be", 5)
+
+
+def test_bench_hf_quick_writes_results_report_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "hf", "--quick", "--models", "llama", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in rows if r["suite"] == "hf/llama"]
+    assert methods == ["baseline", "raptr", "stochastic_depth", "contsup"]
+    flops = {r["method"]: r["train_flops"] for r in rows if r["suite"] == "hf/llama"}
+    assert flops["raptr"] < flops["baseline"] and flops["stochastic_depth"] < flops["baseline"]
+    over = next(r for r in rows if r["suite"] == "hf/overhead")
+    assert set(over["ms_per_step"]) == {"plain", "leantrain", "transformers_trainer"}
+    report = (out / "report.md").read_text()
+    assert "--quick" in report and "a smoke test, not for quoting" in report
+    assert (out / "llama_val_loss_vs_flops.png").stat().st_size > 0
