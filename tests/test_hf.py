@@ -88,6 +88,22 @@ def test_a_model_that_cannot_take_the_data_is_a_one_line_error(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_new_model_type_joins_an_existing_layout(tmp_path):
+    from leantrain.models.hf import FAMILIES as KNOWN
+    from leantrain.models.hf import register_hf_family
+    qwen3 = {"model_type": "qwen3", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    recipe = lambda: Recipe.from_dict({**hf_recipe("llama", tmp_path, [METHODS["raptr_width"]], steps=4),  # noqa: E731
+                                       "model": {"name": "hf", "config": dict(qwen3), "block_size": 16}})
+    with pytest.raises(ConfigError, match="'qwen3' has no leantrain adapter"):
+        recipe()
+    register_hf_family("qwen3", "llama", "causal_lm")  # Qwen3: the Llama layout (+ q/k norms)
+    try:
+        assert Trainer(recipe(), None, verbose=False).fit()["train_flops"] > 0
+    finally:
+        del KNOWN["qwen3"]
+
+
 def test_task_follows_the_architecture():
     assert [HFConfig(config=FAMILIES[f]).task for f in FAMILIES] == [
         "causal_lm", "causal_lm", "causal_lm", "masked_lm", "image_classification"]
