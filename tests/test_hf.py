@@ -199,6 +199,8 @@ def test_llama_runs_appended_blocks_and_cached_generate_equals_uncached_after_st
         assert torch.equal(cached, model.hf.generate(prompt, use_cache=False, **kw)), family
         g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
         assert torch.equal(model.generate(prompt, 8, generator=g()), model.generate(prompt, 8, generator=g(), use_cache=False))
+        adapt(model).set_blocks([model.blocks[i] for i in (5, 1, 2)])  # cut and reordered
+        assert torch.equal(model.hf.generate(prompt, use_cache=True, **kw), model.hf.generate(prompt, use_cache=False, **kw))
 
 
 # ----------------------------------------------------------------------------------- protocol facts
@@ -357,6 +359,25 @@ def test_gpt2_width_slices_conv1d_weights_along_their_transposed_axes():
     assert model.blocks[0].attn.c_proj.weight.grad[dead].abs().max() == 0  # (in, out): rows are inputs
     assert model.blocks[0].mlp.c_proj.weight.grad[64:].abs().max() == 0
     assert model.blocks[0].attn.split_size == 32 and model.blocks[0].attn.c_attn.nf == 96  # put back
+
+
+def test_refusals_say_why(tmp_path):
+    from leantrain.models.protocol import require
+    with pytest.raises(ConfigError, match="masks and rotary embeddings HF's forward computes"):
+        require(build("llama"), "pipeline", "methods.local.parallel")
+    with pytest.raises(ConfigError, match="variants greedy and contsup apply, not 'dgl'"):
+        Trainer(Recipe.from_dict(hf_recipe("llama", tmp_path, [{"name": "local", "variant": "dgl"}])), None,
+                verbose=False)
+    with pytest.raises(ConfigError, match="immediate updates need modules that share no parameters"):
+        Trainer(Recipe.from_dict(hf_recipe("gpt2", tmp_path, [{"name": "local", "update": "immediate"}])), None,
+                verbose=False)
+    run = tmp_path / "contsup"
+    Trainer(Recipe.from_dict(hf_recipe("llama", tmp_path, [METHODS["contsup"]], steps=2)), run, verbose=False,
+            progress=False).fit()
+    with pytest.raises(LeantrainError, match="ContSup's context encoders"):
+        from leantrain.export import export_hf
+        export_hf(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------- export
