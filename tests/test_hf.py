@@ -449,3 +449,12 @@ def test_bundled_hf_recipes_build(name, tmp_path):
         return
     r = Recipe.load(path, ["train.max_steps=4", "train.warmup_steps=0", "train.eval_interval=4", "train.eval_iters=1"])
     Trainer(r, None, verbose=False).fit()
+
+
+@pytest.mark.parametrize("family", ["llama", "vit"])
+def test_dgl_immediate_updates_on_untied_models(family, tmp_path):
+    """Each module steps right after its own backward (DGL's update rule): possible where the output
+    head shares no weight with the first module."""
+    method = {"name": "local", "variant": "greedy", "modules": 2, "update": "immediate"}
+    s = Trainer(Recipe.from_dict(hf_recipe(family, tmp_path, [method], steps=3)), None, verbose=False).fit()
+    assert s["steps"] == 3 and s["final_val_loss"] < 10
