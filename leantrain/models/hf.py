@@ -321,8 +321,8 @@ class HFModel(ModelProtocol, nn.Module):
         out: dict[str, torch.Tensor] = {}
 
         def take(w, channels, axis, scale=1.0, bias_too=True):
-            out[w.name] = params[w.name].index_select(axis, channels) * scale if scale != 1.0 else \
-                params[w.name].index_select(axis, channels)
+            kept = params[w.name].index_select(axis, channels)
+            out[w.name] = kept * scale if scale != 1.0 else kept
             if w.bias is not None and bias_too:
                 out[w.bias] = params[w.bias].index_select(0, channels)
 
