@@ -3,8 +3,8 @@
 The directory loads with ``transformers.AutoModelFor*.from_pretrained(DIR)`` and no leantrain
 installed, and gives the logits leantrain's evaluation of the checkpoint gives. For text runs the
 vocabulary goes with it as a ``tokenizers`` tokenizer (``AutoTokenizer.from_pretrained(DIR)``):
-leantrain's character vocabulary as a character-level WordLevel model, the masked-LM mask token
-included. The directory is written beside ``--out`` and renamed into place when complete; an
+leantrain's character vocabulary as a character-level WordLevel model, or a token run's own
+tokenizer, the masked-LM mask token included. The directory is written beside ``--out`` and renamed into place when complete; an
 existing non-empty ``--out`` is refused, nothing in it is touched.
 """
 from __future__ import annotations
@@ -47,6 +47,29 @@ def char_tokenizer(vocab: list[str], mask_token_id: int | None):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **extra)
 
 
+def run_tokenizer(meta: dict):
+    """The tokenizer of a text run's checkpoint meta, as a transformers fast tokenizer, or None: a
+    character run's vocabulary (``vocab``), or a token run's ``tokenizers`` JSON (``tokenizer``).
+    A masked-LM run's mask token (``mask_token_id``) is added as ``[MASK]``."""
+    mask_id = meta.get("mask_token_id")
+    if "vocab" in meta:
+        return char_tokenizer(meta["vocab"], mask_id)
+    if "tokenizer" not in meta:
+        return None
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer.from_str(meta["tokenizer"])
+    extra = {}
+    if mask_id is not None:
+        if tok.token_to_id("[MASK]") is None and tok.get_vocab_size(with_added_tokens=True) == mask_id:
+            tok.add_special_tokens([AddedToken("[MASK]", special=True)])
+        if tok.token_to_id("[MASK]") != mask_id:
+            raise LeantrainError(f"export --format hf: the run's mask token id {mask_id} is not the "
+                                 "tokenizer's [MASK] token")
+        extra["mask_token"] = "[MASK]"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **extra)
+
+
 def export_hf(ckpt_dir, out) -> dict:
     """Write the checkpoint's model to ``out`` as a save_pretrained directory; returns a summary."""
     out = Path(out)
@@ -59,10 +82,10 @@ def export_hf(ckpt_dir, out) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         view.export_pretrained(tmp)
-        meta = trained.ckpt.meta
-        tokenizer = "vocab" in meta
+        tok = run_tokenizer(trained.ckpt.meta)
+        tokenizer = tok is not None
         if tokenizer:
-            char_tokenizer(meta["vocab"], meta.get("mask_token_id")).save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)

@@ -458,3 +458,21 @@ def test_dgl_immediate_updates_on_untied_models(family, tmp_path):
     method = {"name": "local", "variant": "greedy", "modules": 2, "update": "immediate"}
     s = Trainer(Recipe.from_dict(hf_recipe(family, tmp_path, [method], steps=3)), None, verbose=False).fit()
     assert s["steps"] == 3 and s["final_val_loss"] < 10
+
+
+def test_a_token_run_s_own_tokenizer_is_exported_with_its_mask_token(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from leantrain.export import run_tokenizer
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["to be or not to be, that is the question"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    n = tok.get_vocab_size()
+    fast = run_tokenizer({"tokenizer": tok.to_str(), "mask_token_id": n})
+    fast.save_pretrained(str(tmp_path))
+    import transformers
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.mask_token_id == n
+    assert loaded.encode("to be", add_special_tokens=False) == tok.encode("to be").ids
+    assert run_tokenizer({}) is None
