@@ -476,3 +476,28 @@ def test_a_token_run_s_own_tokenizer_is_exported_with_its_mask_token(tmp_path):
     assert loaded.mask_token_id == n
     assert loaded.encode("to be", add_special_tokens=False) == tok.encode("to be").ids
     assert run_tokenizer({}) is None
+
+
+def test_a_block_returning_a_tuple_older_transformers_is_skipped_and_rescaled_alike():
+    model = build("llama").train()
+    x, _ = batch("llama")
+    h = model.embed(x)  # HF's own arguments for every block, recorded
+    args, kwargs = model._context[0]
+    block = model.blocks[0]
+    plain = type(block).forward(block, h, *args, **kwargs)
+    assert torch.is_tensor(plain)  # transformers 5
+
+    class TupleLayer(type(block)):  # an older fork's block: (hidden_states, attention weights)
+        def forward(self, *a, **k):
+            return (super().forward(*a, **k), None)
+    block.__class__ = TupleLayer
+    model.sync_depth()  # rebinds: the bound forward no longer wraps this block's current class
+    block.__dict__.pop("forward")
+    model.sync_depth()
+    model.plan = [BlockPlan(0, scale=2.0)]
+    out = block(h, *args, **kwargs)
+    assert isinstance(out, tuple) and out[1] is None
+    assert torch.allclose(out[0], h + 2.0 * (plain - h))
+    model.plan = [BlockPlan(1)]
+    skipped = block(h, *args, **kwargs)  # the input itself, in the structure the block returns
+    assert isinstance(skipped, tuple) and skipped[0] is h and skipped[1] is None

@@ -551,6 +551,20 @@ def _bind(model: HFModel, block: nn.Module) -> None:
     original = type(block).forward.__get__(block)
     owner = [model]  # a list: no module reference cycle through nn.Module attributes
 
+    def run(hidden_states, args, kwargs, entry=None):
+        if entry is None or (entry.heads is None and entry.hidden is None):
+            out = original(hidden_states, *args, **kwargs)
+        else:
+            out = _run_sliced(owner[0], block, entry, hidden_states, args, kwargs)
+        # transformers 5 blocks return a tensor, older forks' a tuple: remember which, so that a
+        # skipped block (the identity) hands its loop the same structure
+        block.__dict__["_leantrain_outputs"] = len(out) if isinstance(out, tuple) else 0
+        return out
+
+    def identity(hidden_states):
+        n = block.__dict__.get("_leantrain_outputs", 0)
+        return (hidden_states, *[None] * (n - 1)) if n else hidden_states
+
     def forward(hidden_states, *args, **kwargs):
         m = owner[0]
         if m._recording is not None:  # HFModel.embed: record this block's arguments, skip it
@@ -560,21 +574,16 @@ def _bind(model: HFModel, block: nn.Module) -> None:
             if len(m._recording) == len(m.blocks):
                 first, m._first_input = m._first_input, None
                 raise _Captured(first)
-            return hidden_states
-        if m.plan is None or not m.training:
-            return original(hidden_states, *args, **kwargs)
-        if block.__dict__.get("_leantrain_sliced"):  # inside functional_call below
-            return original(hidden_states, *args, **kwargs)
+            return identity(hidden_states)
+        if m.plan is None or not m.training or block.__dict__.get("_leantrain_sliced"):
+            return run(hidden_states, args, kwargs)  # (sliced: inside functional_call, below)
         entry = m._plan_index().get(block._leantrain_index)
         if entry is None:
-            return hidden_states  # skipped: no compute, no gradient
-        if entry.heads is None and entry.hidden is None:
-            out = original(hidden_states, *args, **kwargs)
-        else:
-            out = _run_sliced(m, block, entry, hidden_states, args, kwargs)
+            return identity(hidden_states)  # skipped: no compute, no gradient
+        out = run(hidden_states, args, kwargs, entry)
         if entry.scale == 1.0:
             return out
-        h = _hidden_of(out)  # transformers 5: a tensor; older forks: tuples
+        h = _hidden_of(out)
         return _with_hidden(out, hidden_states + entry.scale * (h - hidden_states))
 
     forward._leantrain_block = block
