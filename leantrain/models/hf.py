@@ -72,14 +72,18 @@ def transformers_module():
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Silence transformers' advisory warnings while leantrain builds or loads a model."""
+    """Silence transformers' advisory warnings and progress bars while leantrain builds, loads or
+    saves a model (leantrain's own output says what happens)."""
     logging = transformers_module().logging
-    level = logging.get_verbosity()
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 @dataclass
@@ -118,24 +122,24 @@ class HFConfig:
             return self.config
         cfg_file = Path(self.path) / "config.json"
         if not cfg_file.is_file():
-            raise ConfigError(f"model.path: {self.path} is not a save_pretrained directory (no config.json)")
+            raise ConfigError(f"path: {self.path} is not a save_pretrained directory (no config.json)")
         try:
             return json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"model.path: {cfg_file} is not valid JSON ({e})") from None
+            raise ConfigError(f"path: {cfg_file} is not valid JSON ({e})") from None
 
     @property
     def model_type(self) -> str:
         mt = self.hf_dict().get("model_type")
         if not isinstance(mt, str):
-            raise ConfigError("model: the transformers config names no model_type")
+            raise ConfigError("config: the transformers config names no model_type")
         return mt
 
     @property
     def family(self) -> str:
         mt = self.model_type
         if mt not in FAMILIES:
-            raise ConfigError(f"model.config.model_type: {mt!r} has no leantrain adapter (known: "
+            raise ConfigError(f"config.model_type: {mt!r} has no leantrain adapter (known: "
                               f"{', '.join(sorted(FAMILIES))})")
         return FAMILIES[mt][0]
 
@@ -472,7 +476,8 @@ class HFModel(ModelProtocol, nn.Module):
 
     def export_pretrained(self, directory) -> None:
         self.sync_depth()
-        self.hf.save_pretrained(str(directory))
+        with quiet_transformers():
+            self.hf.save_pretrained(str(directory))
 
     # -- measurement, generation -----------------------------------------------------------------
     def shape_key(self) -> tuple:
