@@ -259,10 +259,11 @@ def _add_evaluate(sub) -> None:
 def evaluate_checkpoint(ckpt_dir, split: str = "val") -> dict:
     from .core.evaluation import evaluate
     from .core.loading import load_trained
+    from .data import for_model
     from .registry import get_data
     trained = load_trained(ckpt_dir)
     r = trained.recipe
-    task = get_data(r.data_name)(r.data)
+    task = for_model(get_data(r.data_name)(r.data), r.model)
     result = evaluate(trained.model, task, task.eval_batches(split, task.eval_batch_size, r.model, whole=True),
                       next(trained.model.parameters()).device)
     return {"checkpoint": str(trained.ckpt.path), "step": trained.ckpt.meta["step"], "data": r.data_name,
@@ -315,22 +316,43 @@ def _methods(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write one configuration of a stitched family as a standalone model",
-                       description="Write one configuration of a family trained with snnet or learngene_pool "
-                       "as a standalone stitched_gpt checkpoint: `leantrain sample` and `leantrain evaluate` "
-                       "load it with no pool code. Choose the configuration by id (`leantrain pool list`) or "
-                       "by budget: the lowest end-of-training val loss among those within it.")
-    p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory of the family")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", type=int, metavar="ID", help="configuration id")
+    p = sub.add_parser("export", help="export a trained model: a stitched family's configuration, or an hf model "
+                       "as a save_pretrained directory",
+                       description="--format leantrain (default): write one configuration of a family trained "
+                       "with snnet or learngene_pool as a standalone stitched_gpt checkpoint: `leantrain sample` "
+                       "and `leantrain evaluate` load it with no pool code. Choose the configuration by id "
+                       "(`leantrain pool list`) or by budget: the lowest end-of-training val loss among those "
+                       "within it. --format hf: write an hf run's model as a save_pretrained directory "
+                       "(transformers' AutoModel*.from_pretrained loads it without leantrain; text runs "
+                       "include the tokenizer).")
+    p.add_argument("--ckpt", type=Path, required=True, help="run or checkpoint directory")
+    p.add_argument("--format", choices=["leantrain", "hf"], default="leantrain",
+                   help="leantrain: a stitched family's configuration; hf: a save_pretrained directory")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--config", type=int, metavar="ID", help="configuration id (--format leantrain)")
     which.add_argument("--max-flops", type=float, metavar="X",
                        help="inference FLOPs budget (one forward of block_size tokens, as pool list shows)")
     which.add_argument("--max-params", type=int, metavar="N", help="parameter budget of the exported model")
-    p.add_argument("--out", type=Path, required=True, help="directory for the exported checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="directory for the exported model")
     p.set_defaults(func=_export)
 
 
 def _export(args) -> int:
+    chosen = [f for f, v in (("--config", args.config), ("--max-flops", args.max_flops),
+                             ("--max-params", args.max_params)) if v is not None]
+    if args.format == "hf":
+        if chosen:
+            raise LeantrainError(f"{chosen[0]} chooses a stitched family's configuration; --format hf "
+                                 "exports the run's model as it is")
+        from .export import export_hf
+        got = export_hf(args.ckpt, args.out)
+        tok = " with its tokenizer" if got["tokenizer"] else ""
+        print(f"exported {got['architecture']} (step {got['step']}, {got['params']:,} parameters){tok} "
+              f"-> {got['out']}")
+        return 0
+    if not chosen:
+        raise LeantrainError("export: choose the configuration with --config, --max-flops or --max-params "
+                             "(or --format hf for an hf run)")
     from .methods.stitching.deploy import export
     for flag, value in (("--max-flops", args.max_flops), ("--max-params", args.max_params)):
         if value is not None and not value > 0:

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import measure
 from ..config import build, to_dict
+from ..data import for_model
 from ..errors import ConfigError, LeantrainError, RunStopped
 from ..recipe import Recipe
 from ..registry import get_data, get_method, get_model, model_task
@@ -72,8 +73,9 @@ def build_optimizer(model: torch.nn.Module, t, fused: bool = False) -> torch.opt
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **extra)
 
 
-def check_model_fits_data(model_name: str, data_name: str, task) -> None:
-    consumes = model_task(model_name)
+def check_model_fits_data(model_name: str, data_name: str, task, model_cfg=None) -> None:
+    # a model whose architecture decides what it consumes (hf) says so on its config
+    consumes = getattr(model_cfg, "consumes", None) or model_task(model_name)
     if consumes != task.task:
         what = {"lm": "token sequences (language modelling)", "classification": "labelled arrays (classification)"}
         raise ConfigError(f"model {model_name!r} consumes {what.get(consumes, consumes)}, but data "
@@ -181,9 +183,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir else None
 
         model_task(recipe.model_name)  # an unknown model name is reported before the data is read
-        self.data = get_data(recipe.data_name)(recipe.data)
-        check_model_fits_data(recipe.model_name, recipe.data_name, self.data)
         mcfg = recipe.model
+        self.data = for_model(get_data(recipe.data_name)(recipe.data), mcfg)
+        check_model_fits_data(recipe.model_name, recipe.data_name, self.data, mcfg)
         mcfg.adapt_to_data(self.data.info())
         self.data.check_model(mcfg, t.batch_size, self.world)
 
@@ -394,6 +396,7 @@ class Trainer:
                 "flops": flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
+                "flop_cache": self.meter.cache_state(),
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods],
                 "grad_scaler": self.state.precision.state_dict(), "fp16_overflow_skipped": self.overflow_skipped,
@@ -429,6 +432,7 @@ class Trainer:
         self.meter.total_flops = meta["flops"] if self.main else 0  # the run's total (summed over ranks)
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
+        self.meter.restored = dict(meta.get("flop_cache", {}))  # measure the steps an unbroken run measures
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
         self.skipped = meta.get("nonfinite_skipped", 0)

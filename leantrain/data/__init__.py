@@ -154,6 +154,13 @@ def tensor_digest(*tensors) -> str:
     return h.hexdigest()
 
 
+def for_model(task: Task, model_cfg) -> Task:
+    """The data as ``model_cfg``'s model trains on it: a config may wrap it (``wrap_data``, e.g. an
+    hf BERT masks the windows for masked language modelling); unchanged otherwise."""
+    wrap = getattr(model_cfg, "wrap_data", None)
+    return wrap(task) if wrap is not None else task
+
+
 def load_kinds() -> None:
     """Import every data-kind module in this package (each registers itself)."""
     for mod in pkgutil.iter_modules(__path__):
@@ -164,5 +171,5 @@ from .text import BUNDLED, BatchSampler, TextConfig, TextTask, fixed_batches, sp
 
 load_kinds()
 
-__all__ = ["DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig", "TextTask",
-           "file_digest", "fixed_batches", "split_windows", "tensor_digest"]
+__all__ = ["for_model", "DataInfo", "Sampler", "Task", "Batch", "BUNDLED", "BatchSampler", "TextConfig",
+           "TextTask", "file_digest", "fixed_batches", "split_windows", "tensor_digest"]

@@ -113,6 +113,19 @@ class LMLocalHead(nn.Module):
         return F.linear(self.ln(h), self.tied[0] if self.tied else self.lm.weight)
 
 
+class TokenClassHead(nn.Module):
+    """A local head for token states of a classifier (a ViT module) [ours]: LayerNorm, the first
+    ([CLS]) token, a linear map to the classes — the shape of ViT's own head."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(channels)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, h):
+        return self.fc(self.ln(h)[:, 0, :])
+
+
 class Decoder(nn.Module):
     """InfoPro's reconstruction decoder: interpolate to the input's size → conv3×3(C→12) + BN + ReLU →
     conv3×3(12 → input channels) [→ sigmoid]. With ``bce`` (inputs in [0, 1], e.g. images) the loss is

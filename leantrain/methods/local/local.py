@@ -29,7 +29,7 @@ from ...measure import forward_flops
 from ...models.protocol import ModelProtocol, adapt, require
 from ...registry import register_method
 from .context import FeatureEncoder, InputEncoder, TokenMap, parse_context
-from .heads import Decoder, LMLocalHead, auglocal_head, conv_head, dgl_head, linear_head, pyramidal_depth, supcon_loss
+from .heads import Decoder, LMLocalHead, TokenClassHead, auglocal_head, conv_head, dgl_head, linear_head, pyramidal_depth, supcon_loss
 from .pipeline import Pipeline
 from .units import (UnitView, balanced_cuts, check_cuts, equal_cuts, unit_activation_bytes, unit_seconds,
                     unit_view)
@@ -292,7 +292,9 @@ def build_local_model(base: nn.Module, cfg: LocalConfig, input_shape: tuple[int,
     for k, c in enumerate(cuts):
         shape = view.shapes[c]
         C = view.channels(c)
-        if view.kind == "tokens":
+        if view.kind == "tokens" and len(view.shapes[-1]) == 1:  # token states of a classifier (ViT)
+            heads.append(TokenClassHead(C, n_classes))
+        elif view.kind == "tokens":
             heads.append(LMLocalHead(C, n_classes, view.tied_head_weight if cfg.tie_head else None))
         elif head == "linear":
             heads.append(linear_head(C, out))
@@ -373,14 +375,15 @@ class LocalLearning(Method):
                               "a batch; train.batch_size must be ≥ 2")
         if view.kind == "tokens":
             if cfg.variant not in ("greedy", "contsup") or cfg.head != "auto":
-                raise ConfigError(f"methods.local.variant: on a GPT the local head is LayerNorm + LM head; "
-                                  f"variants greedy and contsup apply, not {cfg.variant!r} / head {cfg.head!r}")
+                raise ConfigError(f"methods.local.variant: on token states (gpt, hf models) the local head is "
+                                  f"LayerNorm + LM head (a ViT's: LayerNorm + [CLS] + linear); variants greedy "
+                                  f"and contsup apply, not {cfg.variant!r} / head {cfg.head!r}")
             if cfg.resolved("loss") != "cross_entropy" or cfg.resolved("reconstruction") in ("on", True):
                 raise ConfigError("methods.local: a GPT's local loss is next-token cross-entropy "
                                   "(no contrastive loss, no reconstruction)")
-            if cfg.resolved("update") == "immediate":
+            if cfg.resolved("update") == "immediate" and view.tied_head_weight is not None:
                 raise ConfigError("methods.local.update: immediate updates need modules that share no "
-                                  "parameters, but a GPT's output head is tied to its token embedding")
+                                  "parameters, but this model's output head is tied to its token embedding")
         if cfg.parallel == "modules" and state.world_size > 1:
             require(model, "pipeline", "methods.local.parallel",
                     f"modules on different ranks need units that split into sequential stages, which model "
@@ -573,7 +576,8 @@ class LocalLearning(Method):
         if event is Event.FIT_START:
             lm: LocalModel = state.model
             shape = self.input_shape
-            x = (torch.zeros(1, *shape) if lm.view.kind != "tokens" else torch.zeros(1, shape[0], dtype=torch.long))
+            ids = lm.view.kind == "tokens" and len(lm.view.shapes[-1]) > 1  # token ids, not arrays
+            x = torch.zeros(1, shape[0], dtype=torch.long) if ids else torch.zeros(1, *shape)
             x = x.to(next(lm.parameters()).device)
             state.log("local/inference_params", lm.deployed_parameters())
             state.log("local/inference_flops", forward_flops(lm, x))
