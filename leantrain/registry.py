@@ -78,6 +78,22 @@ def list_data(pattern: str = "*") -> list[type]:
     return [DATA[n] for n in sorted(DATA) if fnmatch.fnmatch(n, pattern)]
 
 
+PLUGIN_GROUP = "leantrain.models"
+"""Entry-point group of packages that register their own models (``register_model``) on import."""
+_plugins: list[str] | None = None
+
+
 def _ensure_loaded() -> None:
-    # Importing the packages runs their @register_* decorators.
+    # Importing the packages runs their @register_* decorators; then the plugins' (once).
     from . import data, methods, models  # noqa: F401
+    global _plugins
+    if _plugins is None:
+        from importlib.metadata import entry_points
+        _plugins = []
+        for ep in entry_points(group=PLUGIN_GROUP):
+            try:
+                ep.load()
+            except Exception as e:  # a broken plugin is the user's to fix: one line, naming it
+                raise ConfigError(f"model plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) "
+                                  f"failed to import: {type(e).__name__}: {e}") from None
+            _plugins.append(ep.name)

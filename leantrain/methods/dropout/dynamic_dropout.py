@@ -244,7 +244,7 @@ class DynamicDropout(Method):
     def check(self, state: State) -> None:
         model = require(state.model, "dropout", f"methods.{self.name}",
                         f"schedules dropout rates, but model {type(state.model).__name__} has no dropout "
-                        "sites to schedule (gpt has)")
+                        "sites to schedule")
         where = f"methods.{self.name}."
         present = model.dropout_sites()
         self.absent = [s for s in SITES if s not in present]

@@ -26,6 +26,7 @@ import torch
 from ...config import check, to_dict
 from ...core import Event, Method, State, checkpoint
 from ...errors import ConfigError, LeantrainError
+from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...registry import register_method
 from .copying import aki, fpi, gstack, net2net, stackbert
@@ -144,6 +145,12 @@ class GrowConfig:
 
 
 # ------------------------------------------------------------------------------------ the source
+def growable(model: torch.nn.Module) -> bool:
+    """Whether growth can map into / out of ``model``: it declares ordered blocks, replacing them and
+    its weights' roles (the operators address parameters by the names ``weight_roles()`` gives)."""
+    return protocol.supports(model, "blocks", "depth_change", "weight_roles")
+
+
 def read_source(path: str, state: State) -> tuple[GPT, dict, dict[str, torch.Tensor]]:
     """The source GPT (on the run's device, eval mode), its record (provenance and training cost)
     and its optimizer tensors; every problem is a one-line ConfigError naming methods.grow.source."""
@@ -172,7 +179,7 @@ def read_source(path: str, state: State) -> tuple[GPT, dict, dict[str, torch.Ten
             trained = load_trained(path)
     except LeantrainError as e:
         raise bad(str(e)) from None
-    if not isinstance(trained.model, GPT):
+    if not growable(trained.model):
         raise bad(f"{path} holds a {type(trained.model).__name__}, not a plain gpt")
     device = next(state.model.parameters()).device
     record = {"path": str(trained.ckpt.path), "step": meta["step"], "model_sha256": meta["sha256"]["model"],
@@ -225,8 +232,10 @@ class Grow(Method):
     # -- lifecycle -----------------------------------------------------------------------------
     def check(self, state: State) -> None:
         cfg, t = self.cfg, state.recipe.train
-        if not isinstance(state.model, GPT):
-            raise ConfigError(f"methods.grow: grows a gpt; the recipe's model is {state.recipe.model_name!r}")
+        if state.recipe.model_name != "gpt" or not growable(state.model):
+            reason = protocol.adapt(state.model).why_not("weight_roles")
+            raise ConfigError(f"methods.grow: grows a gpt; the recipe's model is {state.recipe.model_name!r}"
+                              + (f" ({reason})" if reason else ""))
         if cfg.source is None:
             raise ConfigError("methods.grow.source: give the run or checkpoint directory of the trained "
                               "smaller gpt to grow from")

@@ -1,0 +1,215 @@
+"""The model protocol: declared capabilities, refusals of look-alike models (issue 18, bug 7), the
+adapter registry, and the native implementations of gpt / resnet / stitched_gpt."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from leantrain import ConfigError, Recipe, Trainer
+from leantrain.models import GPT, GPTConfig, ResNet, ResNetConfig, StitchedGPT, StitchedGPTConfig, protocol
+from leantrain.registry import MODELS, MODEL_TASKS, register_model
+
+from .conftest import tiny
+
+
+# ----------------------------------------------------------------------- a look-alike user module
+@dataclass
+class LookAlikeConfig:
+    n_layer: int = 4
+    """Blocks."""
+    n_embd: int = 16
+    """Width."""
+    n_head: int = 2
+    """Heads (read by nothing: a look-alike)."""
+    block_size: int = 16
+    """Context length."""
+    vocab_size: int | None = None
+    """From the data."""
+    dropout: float = 0.0
+    """Unused."""
+
+    def adapt_to_data(self, info):
+        self.vocab_size = self.vocab_size or info.vocab_size
+
+
+class LookAlike(nn.Module):
+    """Has every attribute name methods used to duck-type on — ``blocks``, ``plan = None``,
+    ``set_dropout``, ``units``, ``embed``/``head``, ``config`` — but declares no capability, and its
+    forward ignores the plan and the dropout rates: a method acting on it would change nothing."""
+
+    def __init__(self, cfg: LookAlikeConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(nn.Linear(cfg.n_embd, cfg.n_embd) for _ in range(cfg.n_layer))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
+        self.plan = None
+        self.rate = 0.0
+
+    def set_dropout(self, p, site=None, block=None):
+        self.rate = p
+
+    def embed(self, idx):
+        return self.wte(idx)
+
+    def head(self, h):
+        return self.lm_head(h)
+
+    @property
+    def units(self):
+        return [*self.blocks]
+
+    def unit_shapes(self, shape):
+        return [(self.config.block_size, self.config.n_embd)] * len(self.blocks)
+
+    def forward(self, idx, targets=None):
+        h = self.embed(idx)
+        for b in self.blocks:
+            h = h + torch.tanh(b(h))
+        logits = self.head(h)
+        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def shape_key(self):
+        return (len(self.blocks),)
+
+
+@pytest.fixture
+def lookalike():
+    register_model("lookalike", config=LookAlikeConfig)(LookAlike)
+    yield
+    MODELS.pop("lookalike")
+    MODEL_TASKS.pop("lookalike")
+
+
+LOOKALIKE_REFUSALS = [
+    ({"name": "raptr", "stages": [{"path_len": 3}, {"path_len": 4}]}, "methods.raptr: skips blocks through a block plan"),
+    ({"name": "stochastic_depth"}, "methods.stochastic_depth: skips blocks through a block plan"),
+    ({"name": "pld"}, "methods.pld: skips blocks through a block plan"),
+    ({"name": "stacking", "depths": [2, 4]}, "methods.stacking: stacking grows depth by copying blocks"),
+    ({"name": "dynamic_dropout"}, "methods.dynamic_dropout: schedules dropout rates, but model LookAlike has no"),
+    ({"name": "local", "modules": 2}, "methods.local: local learning needs a model made of ordered units"),
+    ({"name": "grow", "source": "runs/nowhere", "operator": "fpi"}, "methods.grow: grows a gpt"),
+]
+
+
+@pytest.mark.parametrize("method, message", LOOKALIKE_REFUSALS, ids=[m["name"] for m, _ in LOOKALIKE_REFUSALS])
+def test_a_look_alike_module_is_refused_with_the_reason(lookalike, tmp_path, method, message):
+    """Bug 7: a module with the attribute names but no declared support used to pass the checks (RaPTr
+    printed "expected fraction 0.750") and train exactly as a plain run."""
+    recipe = Recipe.from_dict(tiny(model={"name": "lookalike"}, methods=[method]))
+    with pytest.raises(ConfigError) as e:
+        Trainer(recipe, tmp_path / "out", verbose=False, progress=False)
+    text = str(e.value)
+    assert message in text and "\n" not in text
+    if method["name"] != "grow":  # grow refuses by the recipe's model name first
+        assert "declares no capabilities" in text and "register an adapter" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_look_alike_trains_plainly_and_is_refused_as_an_snnet_anchor(lookalike, tmp_path):
+    from leantrain.methods.stitching import snnet_family
+    from leantrain.methods.stitching.methods import plain_stack
+    run = tmp_path / "anchor"
+    Trainer(Recipe.from_dict(tiny(model={"name": "lookalike"}, train={"max_steps": 2, "eval_interval": 2})),
+            run, verbose=False, progress=False).fit()
+    recipe = Recipe.from_dict(tiny(methods=[{"name": "snnet", "anchors": [str(run), str(run)]}]))
+    with pytest.raises(ConfigError, match="anchors must be gpt runs"):
+        Trainer(recipe, tmp_path / "out", verbose=False, progress=False)
+    a = LookAlike(LookAlikeConfig(vocab_size=5))
+    assert not plain_stack(a) and plain_stack(GPT(GPTConfig(vocab_size=5)))
+    with pytest.raises(ConfigError, match="stack w16: needs ordered blocks, which model LookAlike does not declare"):
+        snnet_family([a, LookAlike(LookAlikeConfig(vocab_size=5, n_embd=32))])
+
+
+def test_a_gpt_whose_class_declares_nothing_is_refused_too(monkeypatch, tmp_path):
+    """Capabilities are what a model declares, not what its attributes suggest."""
+    monkeypatch.setattr(GPT, "CAPABILITIES", frozenset())
+    for method in ({"name": "raptr"}, {"name": "dynamic_dropout"}, {"name": "local"}):
+        with pytest.raises(ConfigError, match=f"methods.{method['name']}: .*(does not declare|has no dropout sites)"):
+            Trainer(Recipe.from_dict(tiny(methods=[method])), tmp_path / "out", verbose=False, progress=False)
+
+
+# ----------------------------------------------------------------------------------- the registry
+class LookAlikeDropout(protocol.Adapter):
+    """An adapter declaring one dropout site of a module leantrain does not own."""
+    CAPABILITIES = frozenset({"dropout"})
+
+    def dropout_sites(self):
+        return {"mlp": tuple(range(len(self.model.blocks)))}
+
+    def dropout_rates(self):
+        return {"mlp": [self.model.rate] * len(self.model.blocks)}
+
+    def set_dropout(self, p, site=None, block=None):
+        protocol.check_dropout_site(self, site or "mlp")
+        self.model.rate = p
+
+
+def test_a_registered_adapter_supplies_the_capabilities(lookalike, tmp_path):
+    protocol.register_adapter(LookAlike, LookAlikeDropout)
+    try:
+        model = LookAlike(LookAlikeConfig(vocab_size=5))
+        view = protocol.adapt(model)
+        assert isinstance(view, LookAlikeDropout) and protocol.adapt(model) is view
+        assert protocol.capabilities(model) == {"dropout"} and not protocol.supports(model, "plan")
+        with pytest.raises(KeyError, match="no 'attention' dropout site"):
+            view.set_dropout(0.1, "attention")
+        recipe = Recipe.from_dict(tiny(model={"name": "lookalike"}, train={"max_steps": 4},
+                                       methods=[{"name": "dynamic_dropout", "p0": 0.3, "schedule": "constant"}]))
+        t = Trainer(recipe, tmp_path / "out", verbose=False, progress=False)
+        t.fit()
+        assert t.state.model.rate == 0.3  # the adapter set the rate on the module
+        with pytest.raises(ConfigError, match="methods.dynamic_dropout.sites.attention: model LookAlike has no "
+                                              "attention dropout site"):
+            Trainer(Recipe.from_dict(tiny(model={"name": "lookalike"}, methods=[
+                {"name": "dynamic_dropout", "sites": {"attention": {"p0": 0.1}}}])), tmp_path / "o2")
+    finally:
+        protocol.ADAPTERS.pop(LookAlike)
+    assert not protocol.supports(LookAlike(LookAlikeConfig(vocab_size=5)), "dropout")
+
+
+def test_require_names_the_method_the_capability_and_the_models_reason():
+    gpt = GPT(GPTConfig(vocab_size=5))
+    assert protocol.require(gpt, "plan", "methods.x") is gpt
+    with pytest.raises(ConfigError) as e:
+        protocol.require(gpt, "pipeline", "methods.local.parallel")
+    assert str(e.value) == ("methods.local.parallel: needs units that split into sequential stages on different "
+                            "processes, which model GPT does not declare (its output head shares the token "
+                            "embedding with the first unit)")
+    with pytest.raises(KeyError, match="unknown capability"):
+        protocol.require(gpt, "teleport", "x")
+
+
+# ---------------------------------------------------------------------------- native implementations
+def test_native_models_declare_what_they_implement():
+    gpt = GPT(GPTConfig(vocab_size=7, n_layer=3, n_embd=32, n_head=2, block_size=8))
+    resnet = ResNet(ResNetConfig(depth=8, dims=1, in_channels=1, num_classes=3))
+    stitched = StitchedGPT(StitchedGPTConfig(vocab_size=7, block_size=8))
+    methods = {"blocks": ["blocks", "always_run", "block_prefix"], "plan": ["plan"],
+               "plan_width": ["width_units", "width_unused_slices"], "dropout": ["dropout_sites", "set_dropout"],
+               "units": ["local_units"], "pipeline": ["local_units"], "stages": ["embed", "run_blocks", "head"],
+               "depth_change": ["set_blocks"], "weight_roles": ["weight_roles"]}
+    for model in (gpt, resnet, stitched):
+        for cap in protocol.capabilities(model):
+            assert all(hasattr(model, m) for m in methods[cap]), (type(model).__name__, cap)
+        for cap in set(protocol.CAPABILITIES) - protocol.capabilities(model) - {"unit_hooks", "export"}:
+            assert model.why_not(cap), (type(model).__name__, cap)  # every gap says why
+    assert protocol.capabilities(gpt) == {"blocks", "plan", "plan_width", "dropout", "units", "stages",
+                                          "depth_change", "weight_roles"}
+    assert protocol.capabilities(resnet) == {"blocks", "plan", "units", "pipeline"}
+    units = gpt.local_units((8,))
+    x = torch.randint(0, 7, (2, 8))
+    h = x
+    for m in units.modules:
+        h = m(h)
+    assert torch.equal(h, gpt(x)[0]) and units.shapes[-1] == (8, 7) and units.tied_head_weight is gpt.wte.weight
+    roles = gpt.weight_roles()
+    params = dict(gpt.named_parameters())
+    b = roles.blocks[0]
+    for w in (b.qkv, b.attn_out, b.mlp_in, b.mlp_out):
+        assert f"{roles.block_prefix}.0.{w.name}" in params
+    assert params[f"blocks.0.{b.qkv.name}"].shape[b.qkv.out_axis] == 3 * roles.width and b.kv_groups == 1
+    assert gpt.get_parameter(roles.token_embedding) is gpt.get_parameter(roles.output) and roles.tied
+    assert isinstance(gpt.blocks[0].get_submodule(b.attention), nn.Module)
