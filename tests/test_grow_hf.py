@@ -131,6 +131,28 @@ def test_ligo_one_hot_init_equals_copy_growth(family):
     assert any(not torch.equal(mixed[n], out[n]) for n in out)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mango_init_is_fpi_plus_stacking_and_rank_1_is_its_mode_products(family):
+    src, tgt = build(family, 16, 2, 2), build(family, 32, 4, 4, seed=1)
+    ls, lt = R.role_layout(src), R.role_layout(tgt)
+    tensors = R.source_tensors(src)
+    for rank in (1, 2):
+        op = R.RoleMango(ls, lt, tensors, rank=rank, noise=0.0, generator=torch.Generator().manual_seed(0))
+        got, want = op.materialize(), R.grow_copy("fpi", ls, lt, tensors, maps=op.maps)
+        assert set(got) == set(want)
+        assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-8
+    op = R.RoleMango(ls, lt, tensors, rank=1, generator=torch.Generator().manual_seed(0))  # noisy cores
+    for gk in op.groups:
+        ins, outs = gk.split("__")
+        m = lambda c: c[0, ..., 0]  # noqa: E731 — a rank-1 core is a matrix
+        modes = torch.einsum("bIOL,bc,Ii,Oo,Ll->ciol",
+                             getattr(op, f"m1_{gk}"), m(op.s_b[gk]), m(op._core(op.s_in, ins, True)),
+                             m(op._core(op.s_out, outs, False)), m(op.s_l))
+        assert (op._m2(gk) - modes).abs().max() < 1e-10, gk
+    assert all(not torch.equal(op.materialize()[k], want[k]) for k in want if k in lt.block_of and
+               lt.kinds[k] == "linear")
+
+
 # ------------------------------------------------------------------------------ the rules
 def test_roles_cover_conv1d_storage_gqa_swiglu_and_module_kinds():
     gpt2 = R.role_layout(build("gpt2", 16, 1, 2))
@@ -229,7 +251,7 @@ def llama_source(tmp_path_factory, text):
     return run
 
 
-GROW = {"fpi": {}, "aki": {}, "net2net": {}, "msg": {"ramp_steps": 3}, "ligo": {"operator_steps": 2},
+GROW = {"mango": {"operator_steps": 2}, "fpi": {}, "aki": {}, "net2net": {}, "msg": {"ramp_steps": 3}, "ligo": {"operator_steps": 2},
         "stackbert": {}, "gstack": {}}
 
 
@@ -277,7 +299,7 @@ def test_other_families_grow_in_the_trainer(family, op, text, tmp_path):
     assert s["final_val_loss"] < 10
 
 
-def test_a_save_pretrained_directory_is_a_source_and_mango_and_carry_are_refused(text, tmp_path):
+def test_a_save_pretrained_directory_is_a_source_and_carry_is_refused(text, tmp_path):
     src = build("gpt2", 16, 1, 2, trained=False)
     src.hf.config.vocab_size = V
     vocab = len(set(TEXT[: int(0.9 * len(TEXT))]) | set(TEXT))
@@ -287,10 +309,7 @@ def test_a_save_pretrained_directory_is_a_source_and_mango_and_carry_are_refused
                steps=3)
     s = fit(d, tmp_path / "grown")
     assert s["final_val_loss"] < 10
-    with pytest.raises(ConfigError, match="mango on a 'hf' model is not implemented"):
-        fit(recipe(text, text_config("gpt2", 32, 2, 4), {"operator": "mango", "source": str(tmp_path / "pretrained")}),
-            tmp_path / "mango")
     with pytest.raises(ConfigError, match="carry is implemented for gpt only"):
         fit(recipe(text, text_config("gpt2", 16, 2, 2), {"operator": "stackbert", "optimizer_state": "carry",
                                                          "source": str(tmp_path / "pretrained")}), tmp_path / "carry")
-    assert not (tmp_path / "mango").exists() or not any((tmp_path / "mango").glob("checkpoints/*"))
+    assert not (tmp_path / "carry").exists()

@@ -174,7 +174,8 @@ def read_source(path: str, state: State) -> tuple[torch.nn.Module, dict, dict[st
     recipe = meta.get("recipe", {})
     family = recipe.get("model", {}).get("name", "gpt")
     if family != ours:
-        raise bad(f"{path} holds a {family!r} model; grow maps a model into one of the same kind ({ours!r})")
+        into = "a gpt into a gpt" if ours == "gpt" else f"a model into one of the same kind ({ours!r})"
+        raise bad(f"{path} holds a {family!r} model; grow maps {into}")
     data = recipe.get("data", {}).get("name", "text")
     if data != state.recipe.data_name:
         raise bad(f"{path} was trained on data {data!r}, this run uses {state.recipe.data_name!r}")
@@ -306,14 +307,10 @@ class Grow(Method):
             view = protocol.adapt(state.model)
             reason = next((r for c in ("blocks", "depth_change", "weight_roles") if c not in view.capabilities()
                            for r in [view.why_not(c)] if r), None)
-            raise ConfigError(f"methods.grow: grows a model that declares blocks, depth changes and weight roles; "
+            raise ConfigError(f"methods.grow: grows a gpt, or a model that declares blocks, depth changes and weight roles (hf); "
                               f"the recipe's model {state.recipe.model_name!r} does not"
                               + (f" ({reason})" if reason else ""))
         if by_roles(state.model):
-            if cfg.operator == "mango":
-                raise ConfigError(f"methods.grow.operator: mango on a {state.recipe.model_name!r} model is not "
-                                  "implemented (its TR-MPO needs every block matrix as D×D blocks, which grouped-query "
-                                  "attention and free MLP sizes break); use ligo, the other trained operator")
             if cfg.optimizer_state == "carry":
                 raise ConfigError(f"methods.grow.optimizer_state: carry is implemented for gpt only; use reset on "
                                   f"a {state.recipe.model_name!r} model")
@@ -382,6 +379,9 @@ class Grow(Method):
 
     def _role_operator(self, src, tgt, tensors, gen):
         cfg = self.cfg
+        if cfg.operator == "mango":
+            return role_growth.RoleMango(src, tgt, tensors, rank=cfg.rank, noise=cfg.init_noise, mapping=cfg.mapping,
+                                         generator=gen)
         return role_growth.RoleLiGO(src, tgt, tensors, depth_init=cfg.depth_init, width_init=cfg.width_init,
                                     noise=cfg.init_noise, generator=gen)
 

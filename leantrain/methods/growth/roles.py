@@ -680,9 +680,165 @@ class RoleLiGO(nn.Module):
         return out
 
 
+# -------------------------------------------------------------------------------------- Mango
+def shared_maps(src: RoleLayout, tgt: RoleLayout, mapping: str, generator) -> Maps:
+    """Whole-head copy maps that every block shares (Mango's cores are not per layer)."""
+    one = copy_maps(src, tgt, mapping, generator)
+    return Maps({(s, b): one.get(s, 0) for (s, b) in one.maps if s == "embd" or b == 0} |
+                {(s, l): one.get(s, 0) for l in range(max(src.n_layer, tgt.n_layer)) for s in SPACES if s != "embd"})
+
+
+def _selection(g: torch.Tensor, n_src: int, divide: bool = False) -> torch.Tensor:
+    s = torch.zeros(n_src, len(g), dtype=torch.float64)  # cast with the operator
+    s[g, torch.arange(len(g))] = 1.0
+    return s / torch.bincount(g, minlength=n_src)[:, None] if divide else s
+
+
+class RoleMango(nn.Module):
+    """Mango's TR-MPO (see ``mango.py``) on a role-described model. The paper's B = 12 blocks of D×D
+    assume one width everywhere; here the block matrices are grouped by their (in-space, out-space)
+    pair — with grouped-query attention q|o, k|v, gate|up and down have different shapes — and each
+    group G gets the ring M₂ᴳ = TR-MPO(M₁ᴳ; S_Bᴳ, S_in, S_out, S_L) with cores shared by every group
+    that reads a space: one input core and one output core per space (residual, query, key/value
+    channels, MLP units), one depth core S_L [ours]. Vectors (norms, biases) and the parameters
+    outside the blocks grow by trainable width maps per space (input axes by their own, the FPI
+    divided one) and a depth map; with a tied head the final norm gets a trainable scale.
+
+    Init [ours, as the GPT operator's]: FPI width with one whole-head map per space shared by all
+    blocks and StackBERT depth, split over the R diagonal bond channels; then N(0, noise²) on every
+    core entry."""
+
+    def __init__(self, src: RoleLayout, tgt: RoleLayout, tensors: Tensors, rank: int = 1, noise: float = 1e-3,
+                 mapping: str = "random", generator=None):
+        super().__init__()
+        check_role_growth(src, tgt, "mango")
+        if rank < 1:
+            raise ConfigError(f"rank: must be ≥ 1, got {rank}")
+        if any(d != src.dims[0] for d in src.dims) or any(d != tgt.dims[0] for d in tgt.dims):
+            raise ConfigError("model: mango shares its cores over the layers, so every block must have the "
+                              "same heads and MLP units")
+        self.src, self.tgt, self.rank = src, tgt, rank
+        self.maps = shared_maps(src, tgt, mapping, generator)
+        l1, l2 = src.n_layer, tgt.n_layer
+        depth = _selection(torch.arange(l2) % l1, l1)
+
+        def core(base: torch.Tensor) -> nn.Parameter:  # built in float64, then cast with the operator
+            c = torch.zeros(rank, *base.shape, rank, dtype=torch.float64)
+            for a in range(rank):
+                c[a, :, :, a] = base * rank ** -0.25
+            return nn.Parameter(c + noise * torch.randn(c.shape, generator=generator).double())
+
+        key = lambda s: "kv" if s in ("k", "v") else ("q" if s == "o_in" else s)  # noqa: E731
+        self._key = key
+        g = {key(s): self.maps.get(s, 0) for s in SPACES}
+        n1 = {key(s): src.space_size(s, 0) for s in SPACES}
+        self.s_in = nn.ParameterDict({k: core(_selection(g[k], n1[k], divide=True)) for k in g})
+        self.s_out = nn.ParameterDict({k: core(_selection(g[k], n1[k])) for k in g})
+        self.s_l = core(depth)
+        # block matrices grouped by (in space, out space): the names inside a block, in order
+        self.groups: dict[str, list[str]] = {}
+        for inner in src.block_inner(0):
+            name = src.block_name(0, inner)
+            if src.kinds[name] != "linear":
+                continue
+            axes = src.axes[name]
+            o = next(k for k, a in enumerate(axes) if not a.is_in)
+            gk = f"{'+'.join(key(s) for s in axes[1 - o].spaces)}__{'+'.join(key(s) for s in axes[o].spaces)}"
+            self.groups.setdefault(gk, []).append(inner)
+        self.s_b = nn.ParameterDict({gk: core(torch.eye(len(names))) for gk, names in self.groups.items()})
+        for gk, names in self.groups.items():
+            self.register_buffer(f"m1_{gk}", torch.stack([torch.stack(
+                [self._as_in_out(src.block_name(l, n), tensors[src.block_name(l, n)]) for n in names])
+                for l in range(l1)], dim=-1), persistent=False)
+        # vectors and the parameters outside the blocks
+        self.width = nn.ParameterDict({k: nn.Parameter(_selection(g[k], n1[k])) for k in g})
+        self.width_in = nn.Parameter(_selection(g["embd"], n1["embd"], divide=True))
+        self.depth = nn.Parameter(depth.clone())
+        self.vectors = [n for n in src.block_inner(0) if src.kinds[src.block_name(0, n)] != "linear"]
+        for i, n in enumerate(self.vectors):
+            self.register_buffer(f"v1_{i}", torch.stack([tensors[src.block_name(l, n)] for l in range(l1)], dim=-1),
+                                 persistent=False)
+        self._outside = [n for n in tensors if n not in src.block_of]
+        for i, n in enumerate(self._outside):
+            self.register_buffer(f"out_{i}", tensors[n], persistent=False)
+        self.tied_norm = None
+        if src.roles.tied and src.roles.final_norm is not None:
+            self.tied_norm = src.roles.final_norm
+            self.head_scale = nn.Parameter(1.0 / _counts(g["embd"]).double())
+        ref = next(iter(tensors.values()))
+        self.to(device=ref.device, dtype=ref.dtype)
+
+    def _as_in_out(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A block matrix as [in, out] (Mango's M[b, i, o, l] = W_b[o, i])."""
+        o = next(k for k, a in enumerate(self.src.axes[name]) if not a.is_in)
+        return t if o == 1 else t.T
+
+    def _from_in_out(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        return self._as_in_out(name, t)  # a transpose is its own inverse
+
+    def _vector(self, t: torch.Tensor, spaces: tuple[str, ...], maps) -> torch.Tensor:
+        """Grow axis 0 of ``t`` (a vector, or a vector × layers) by the space maps, part by part."""
+        if not spaces:
+            return t
+        sizes = [self.src.space_size(s, 0) for s in spaces]
+        return torch.cat([torch.tensordot(maps[self._key(s)], p, dims=([0], [0])) for p, s in
+                          zip(t.split(sizes), spaces)])
+
+    def _m2(self, gk: str) -> torch.Tensor:
+        from .mango import tr_mpo
+        ins, outs = gk.split("__")
+        return tr_mpo(getattr(self, f"m1_{gk}"), self.s_b[gk], self._core(self.s_in, ins, True),
+                      self._core(self.s_out, outs, False), self.s_l)
+
+    def _core(self, cores, spaces: str, divide: bool) -> torch.Tensor:
+        """A (fused) axis' core: the parts' cores block-diagonal along the in/out axes."""
+        parts = spaces.split("+")
+        if len(parts) == 1:
+            return cores[parts[0]]
+        cs = [cores[p] for p in parts]
+        r = self.rank
+        n1, n2 = sum(c.shape[1] for c in cs), sum(c.shape[2] for c in cs)
+        out = cs[0].new_zeros(r, n1, n2, r)
+        i = o = 0
+        for c in cs:
+            out[:, i:i + c.shape[1], o:o + c.shape[2], :] = c
+            i, o = i + c.shape[1], o + c.shape[2]
+        return out
+
+    def forward(self) -> Tensors:
+        src, tgt = self.src, self.tgt
+        out: Tensors = {}
+        for gk, names in self.groups.items():
+            m2 = self._m2(gk)  # [B, I₂, O₂, L₂]
+            for b, inner in enumerate(names):
+                for j, w in enumerate(m2[b].unbind(-1)):
+                    out[tgt.block_name(j, inner)] = self._from_in_out(src.block_name(0, inner), w)
+        for i, n in enumerate(self.vectors):
+            spaces = src.axes[src.block_name(0, n)][0].spaces
+            v = self._vector(getattr(self, f"v1_{i}"), spaces, self.width) @ self.depth  # [n₂, L₂]
+            for j, vj in enumerate(v.unbind(-1)):
+                out[tgt.block_name(j, n)] = vj
+        for i, n in enumerate(self._outside):
+            t = getattr(self, f"out_{i}")
+            for k, ax in enumerate(src.axes[n]):
+                if ax.spaces:
+                    t = torch.tensordot(t, self.width_in if ax.is_in else self.width["embd"], dims=([k], [0])).movedim(-1, k)
+            if self.tied_norm is not None and n.startswith(self.tied_norm + "."):
+                t = t * self.head_scale
+            out[n] = t
+        return out
+
+    @torch.no_grad()
+    def materialize(self) -> Tensors:
+        return {name: t.detach().clone() for name, t in self().items()}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
 def _param(t):
     return None if t is None else nn.Parameter(t)
 
 
 __all__ = ["RoleLayout", "role_layout", "check_role_growth", "Maps", "copy_maps", "copy_width", "widen",
-           "grow_copy", "stack", "msg_grow", "RoleMasks", "masked_norm", "RoleLiGO", "is_norm"]
+           "grow_copy", "stack", "msg_grow", "RoleMasks", "masked_norm", "RoleLiGO", "RoleMango", "shared_maps", "is_norm"]
