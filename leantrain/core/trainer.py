@@ -289,6 +289,7 @@ class Trainer:
                 "flops": flops, "seconds": self.seconds, "eval_seconds": self.eval_seconds,
                 "peak_activation_bytes": self.meter.peak_activation_bytes,
                 "peak_live_activation_bytes": self.meter.peak_live_activation_bytes,
+                "flop_cache": self.meter.cache_state(),
                 "loss_acc": [self.loss_sum, self.loss_count], "nonfinite_skipped": self.skipped,
                 "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods]}
         checkpoint.save(self.out_dir, self.state.step, meta, tensors)
@@ -317,6 +318,7 @@ class Trainer:
         self.meter.total_flops = meta["flops"] if self.main else 0  # the run's total (summed over ranks)
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
+        self.meter.restored = dict(meta.get("flop_cache", {}))  # measure the steps an unbroken run measures
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
         self.skipped = meta.get("nonfinite_skipped", 0)

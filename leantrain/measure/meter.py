@@ -126,9 +126,20 @@ class StepMeter:
         self.total_flops = 0
         self.peak_activation_bytes = 0
         self.peak_live_activation_bytes = 0
+        self.restored: dict[str, int] = {}
+        """Counts of a resumed run's earlier steps, by ``repr(key)`` (see ``cache_state``)."""
+
+    def cache_state(self) -> dict[str, int]:
+        """The FLOP cache by ``repr(key)``, for checkpoints. A resumed run that restores it measures
+        exactly the steps an uninterrupted run measures: measuring is not numerically inert (under
+        FlopCounterMode, e.g., SiLU's backward rounds differently), so re-measuring a step shape
+        after resume would change its gradients in the last bits."""
+        return {**self.restored, **{repr(k): v for k, v in self.flops_by_key.items()}}
 
     def step(self, key: Hashable, fn: Callable[[], object], params) -> object:
         """Run one training step ``fn``, adding its FLOPs (measured the first time ``key`` is seen)."""
+        if key not in self.flops_by_key and repr(key) in self.restored:
+            self.flops_by_key[key] = self.restored[repr(key)]
         if key in self.flops_by_key:
             out = fn()
         else:

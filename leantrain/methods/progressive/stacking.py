@@ -20,6 +20,16 @@ from ...registry import register_method
 from .subnetworks import stage_ends, stage_index
 
 
+def stack_order(n: int, depth: int, init: str) -> list[int]:
+    """The source (index among the ``n`` blocks before growing) of each of the ``depth`` blocks."""
+    k = depth - n
+    if k < 0:
+        raise LeantrainError(f"stacking cannot shrink the model from {n} to {depth} blocks")
+    if init == "copy_top":
+        return list(range(n)) + [(n - k + j) % n for j in range(k)]
+    return sorted([*range(n), *((2 * j + 1) * n // (2 * k) for j in range(k))])
+
+
 def stack_blocks(model: torch.nn.Module, depth: int, init: str) -> dict[int, int]:
     """Grow the model's blocks to ``depth`` blocks with copies of its blocks (protocol capability
     ``depth_change``: the model's ``set_blocks`` renumbers whatever needs it).
@@ -30,14 +40,7 @@ def stack_blocks(model: torch.nn.Module, depth: int, init: str) -> dict[int, int
     parameter objects. Returns {new index: source index before growing} for every copy.
     """
     model = adapt(model)
-    n = len(model.blocks)
-    k = depth - n
-    if k < 0:
-        raise LeantrainError(f"stacking cannot shrink the model from {n} to {depth} blocks")
-    if init == "copy_top":
-        order = list(range(n)) + [(n - k + j) % n for j in range(k)]
-    else:
-        order = sorted([*range(n), *((2 * j + 1) * n // (2 * k) for j in range(k))])
+    order = stack_order(len(model.blocks), depth, init)
     blocks, copies, seen = [], {}, set()
     for new, src in enumerate(order):
         if src in seen:
@@ -99,6 +102,7 @@ class Stacking(Method):
     def __init__(self, cfg=None):
         super().__init__(cfg)
         self.depth: int | None = None  # None until the first step has cut the model down
+        self.sources: list[int] | None = None  # each block's source among the recipe model's blocks
         self.full_depth = 0  # the recipe model's depth (set by check)
 
     def depths(self, n_layer: int) -> list[int]:
@@ -146,19 +150,34 @@ class Stacking(Method):
         if self.depth is None and len(model.blocks) > target:  # first step: start shallow
             cut_blocks(model, target)
             state.request_rebuild()
-        elif target > len(model.blocks):
+        if self.sources is None:
+            self.sources = list(range(len(model.blocks)))
+        if target > len(model.blocks):
+            self.sources = [self.sources[i] for i in stack_order(len(model.blocks), target, self.cfg.init)]
             copies = stack_blocks(model, target, self.cfg.init)
             state.request_rebuild(moment_map(model, copies) if self.cfg.optimizer_state == "copy" else None)
         self.depth = len(model.blocks)
         state.log("stacking/depth", self.depth)
 
     def state_dict(self) -> dict:
-        return {"depth": self.depth}
+        return {"depth": self.depth, "sources": self.sources}
 
     def load_state_dict(self, state: dict) -> None:
         self.depth = state["depth"]
+        self.sources = state.get("sources")
 
     def restore(self, state: State) -> None:
-        # Every block has the same shape, so the first `depth` blocks give the checkpoint's structure.
-        if self.depth is not None:
+        # Rebuild the checkpoint's structure: block i a copy of the recipe model's block sources[i].
+        # Blocks of one shape can still differ in structure (a Qwen2 block's attention keeps its
+        # layer type: sliding-window or full), so the first `depth` blocks are not always the same.
+        if self.depth is None:
+            return
+        if self.sources is None:  # a checkpoint from before sources were kept
             cut_blocks(state.model, self.depth)
+            return
+        model = adapt(state.model)
+        original, seen, blocks = list(model.blocks), set(), []
+        for src in self.sources:
+            blocks.append(copy.deepcopy(original[src]) if src in seen else original[src])
+            seen.add(src)
+        model.set_blocks(blocks)
