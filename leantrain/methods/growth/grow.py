@@ -31,7 +31,7 @@ from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...registry import register_method
 from .copying import aki, fpi, gstack, net2net, stackbert
-from .layout import GrowthOperator, Tensors, load_tensors, source_tensors
+from .layout import PREFIX, GrowthOperator, Tensors, check_layout, load_tensors, source_tensors
 from .ligo import LiGOOperator
 from .mango import MangoOperator
 from .msg import MSGGrowth, MSGMasks, carry_adam_state, msg_grow, ramp_value
@@ -191,6 +191,8 @@ def read_source(path: str, state: State) -> tuple[torch.nn.Module, dict, dict[st
         raise bad(str(e)) from None
     if not growable(trained.model):
         raise bad(f"{path} holds a {type(trained.model).__name__}, not a plain {ours}")
+    if not by_roles(trained.model):
+        check_layout(trained.model, "methods.grow.source")
     device = next(state.model.parameters()).device
     record = {"path": str(trained.ckpt.path), "step": meta["step"], "model_sha256": meta["sha256"]["model"],
               "config": source_config(trained.model),
@@ -307,13 +309,15 @@ class Grow(Method):
             view = protocol.adapt(state.model)
             reason = next((r for c in ("blocks", "depth_change", "weight_roles") if c not in view.capabilities()
                            for r in [view.why_not(c)] if r), None)
-            raise ConfigError(f"methods.grow: grows a gpt, or a model that declares blocks, depth changes and weight roles (hf); "
-                              f"the recipe's model {state.recipe.model_name!r} does not"
+            raise ConfigError("methods.grow: grows a gpt, or a model that declares blocks, depth changes and "
+                              f"weight roles (hf); the recipe's model {state.recipe.model_name!r} does not"
                               + (f" ({reason})" if reason else ""))
         if by_roles(state.model):
             if cfg.optimizer_state == "carry":
                 raise ConfigError(f"methods.grow.optimizer_state: carry is implemented for gpt only; use reset on "
                                   f"a {state.recipe.model_name!r} model")
+        else:
+            check_layout(state.model, "methods.grow")
         if cfg.source is None:
             raise ConfigError("methods.grow.source: give the run or checkpoint directory of the trained "
                               "smaller gpt to grow from")
@@ -419,11 +423,11 @@ class Grow(Method):
         """Stacking: every target entry copies one source entry, and so do its moments."""
         out = {}
         for name in old:
-            if not name.startswith("blocks."):
+            if not name.startswith(f"{PREFIX}."):
                 out[name] = old[name]
         for j in range(target.n_layer):
-            prefix = f"blocks.{j % src.n_layer}."
-            out |= {f"blocks.{j}.{k[len(prefix):]}": v for k, v in old.items() if k.startswith(prefix)}
+            prefix = f"{PREFIX}.{j % src.n_layer}."
+            out |= {f"{PREFIX}.{j}.{k[len(prefix):]}": v for k, v in old.items() if k.startswith(prefix)}
         return {k: {slot: v.clone() for slot, v in s.items()} for k, s in out.items()}
 
     def _attach_masks(self, model: GPT, value: float) -> None:
