@@ -11,6 +11,8 @@ from ...core.loading import Trained, load_trained
 from ...errors import ConfigError, LeantrainError
 
 
+STACK_MODELS = ("gpt", "hf")
+"""Models a family's stacks can be (every stack of a family the same kind)."""
 WRAPPING = ("snnet", "learngene_pool", "learngene_distill")
 """Methods whose runs hold a family or a wrapper, not a plain GPT."""
 
@@ -32,8 +34,8 @@ def read_source(path: str, key: str, state: State, what: str, plain: bool = True
         raise ConfigError(f"{key}: {path} was trained on another vocabulary ({len(theirs or [])} tokens) "
                           f"than this run's data ({len(ours or [])} tokens)")
     model = recipe.get("model", {})
-    if model.get("name", "gpt") != "gpt":
-        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs")
+    if model.get("name", "gpt") not in STACK_MODELS:
+        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt (or hf) runs")
     wrapped = [m["name"] for m in meta.get("methods", []) if m["name"] in WRAPPING]
     if plain and wrapped:
         raise ConfigError(f"{key}: {path} was trained with {wrapped[0]}, which replaces the model; {what} "
