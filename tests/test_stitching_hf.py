@@ -116,3 +116,36 @@ def test_anchors_of_two_families_are_refused(anchors, tmp_path):
          "train": {**TRAIN, "max_steps": 2}}, other)
     with pytest.raises(ConfigError, match="one kind of model"):
         fit(snnet(text, [paths[0], str(other)], "v1"), tmp_path / "mixed")
+
+
+def test_learngene_pool_from_a_llama_ancestry_distils_trains_lists_exports_and_evaluates(anchors, tmp_path):
+    text, _ = anchors
+    data = {"path": str(text)}
+    fit({"data": data, "model": {"name": "hf", "config": llama(32, 3, 4), "block_size": 16},
+         "train": {**TRAIN, "max_steps": 4}}, tmp_path / "ancestry")
+    auxiliaries = []
+    for width in (16, 24):
+        run = tmp_path / f"aux{width}"
+        fit({"data": data, "model": {"name": "hf", "config": llama(width, 3, 2), "block_size": 16},
+             "train": {**TRAIN, "max_steps": 3},
+             "methods": [{"name": "learngene_distill", "ancestry": str(tmp_path / "ancestry")}]}, run)
+        rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if "hidden_mse" in line]
+        assert rows  # the hidden-state and attention terms were computed on hf modules
+        auxiliaries.append(str(run))
+    d = {"data": data, "model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 16}, "train": TRAIN,
+         "methods": [{"name": "learngene_pool", "auxiliaries": auxiliaries, "distill": True}]}
+    full = fit(d, tmp_path / "pool")
+    fit(d, tmp_path / "part", until=3)
+    assert fit(d, tmp_path / "part", resume=tmp_path / "part")["final_val_loss"] == pytest.approx(
+        full["final_val_loss"], abs=1e-6)
+    listing = pool_list(tmp_path / "pool")
+    assert "descendant" in listing and "w16[0:" in listing and "> w24[" in listing
+    family = load_trained(tmp_path / "pool").model
+    descendant = next(i for i, r in enumerate(family.routes) if r.kind == "descendant")
+    out = tmp_path / "descendant"
+    assert main(["export", "--ckpt", str(tmp_path / "pool"), "--config", str(descendant), "--out", str(out)]) == 0
+    got = evaluate_checkpoint(out)["val_loss"]
+    assert got == pytest.approx(load_family(tmp_path / "pool").losses()[descendant], abs=1e-6)
+    with pytest.raises(ConfigError, match="smaller than its auxiliary"):
+        fit({"data": data, "model": {"name": "hf", "config": llama(64, 3, 8), "block_size": 16}, "train": TRAIN,
+             "methods": [{"name": "learngene_distill", "ancestry": str(tmp_path / "ancestry")}]}, tmp_path / "big")
