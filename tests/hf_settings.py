@@ -25,6 +25,9 @@ METHODS = {
     "stochastic_depth": {"name": "stochastic_depth", "drop_rate": 0.5},
     "pld": {"name": "pld", "gamma": 0.2},
     "raptr": {"name": "raptr", "stages": [{"length": 0.5, "path_len": 2}, {"length": 0.5, "path_len": 4}]},
+    # width: half the heads (by key/value group) and MLP units in the first stage, then the full model
+    "raptr_width": {"name": "raptr", "stages": [{"length": 0.5, "keep_prob": 0.5, "width": 0.5},
+                                                {"length": 0.5, "keep_prob": 1.0}]},
     "stacking": {"name": "stacking", "depths": [2, 3, 4], "init": "interleave", "optimizer_state": "copy"},
     "dynamic_dropout": {"name": "dynamic_dropout", "schedule": "linear", "p0": 0.1, "depth_profile": "linear"},
     "greedy": {"name": "local", "variant": "greedy", "modules": 2},

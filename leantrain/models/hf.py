@@ -182,9 +182,9 @@ class HFConfig:
 
 
 # ----------------------------------------------------------------------------------- the model
-CAPABILITIES = frozenset({"blocks", "plan", "dropout", "units", "stages", "depth_change", "weight_roles", "export"})
+CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "stages", "depth_change",
+                          "weight_roles", "export"})
 WHY_NOT = {
-    "plan_width": "width slicing of Hugging Face attention/MLP modules is not implemented; use width 1",
     "unit_hooks": "its units are callable (capability units): HF's forward computes the masks and "
                   "position embeddings, recorded for the block units",
     "pipeline": "later pipeline stages would need the masks and rotary embeddings HF's forward computes "
@@ -253,8 +253,106 @@ class HFModel(ModelProtocol, nn.Module):
         if idx != sorted(set(idx)) or (idx and not 0 <= idx[0] <= idx[-1] < len(self.blocks)):
             raise ValueError(f"an hf model runs its blocks in order: plan indices {idx} must increase "
                              f"within 0..{len(self.blocks) - 1}")
-        if any(b.heads is not None or b.hidden is not None for b in plan):
-            raise ValueError(WHY_NOT["plan_width"])
+        groups, hidden = self.width_units(0)
+        for b in plan:
+            for what, kept, n in (("heads", b.heads, groups), ("hidden", b.hidden, hidden)):
+                if kept is not None and (len(kept) == 0 or int(kept.min()) < 0 or int(kept.max()) >= n):
+                    raise ValueError(f"block {b.index}: {what} must be a non-empty subset of range({n})")
+
+    # -- width (RaPTr): heads by key/value group, MLP hidden units, on sliced weights -------------
+    def block_roles(self):
+        """What each weight of a block is (every block of an HF model has the same roles)."""
+        return self.layout.block_roles(self.hf.config)
+
+    def width_units(self, i: int) -> tuple[int, int]:
+        """(attention head groups, MLP hidden units) block ``i``'s plan can slice. With grouped-query
+        attention a group is one key/value head with the query heads that read it: a kept group
+        keeps all of them, so the attention keeps its query/key ratio."""
+        r = self.block_roles()
+        return r.n_kv_head or r.n_head, r.n_hidden
+
+    def _width_indices(self, heads, hidden):
+        """{weight role: (channel indices along its sliced axis)} for kept head groups / units."""
+        r = self.block_roles()
+        out = {}
+        if heads is not None:
+            per = r.kv_groups
+            hd = r.head_size
+            q_heads = (heads[:, None] * per + torch.arange(per, device=heads.device)).flatten()
+            ch = lambda h: (h[:, None] * hd + torch.arange(hd, device=h.device)).flatten()  # noqa: E731
+            out["q"], out["kv"] = ch(q_heads), ch(heads)
+        if hidden is not None:
+            out["hidden"] = hidden
+        return out
+
+    def _sliced(self, block: nn.Module, entry) -> tuple[dict[str, torch.Tensor], list]:
+        """Block parameters (by name inside the block) replaced by their kept slices for ``entry``,
+        the output projections' by ``entry.width_scale`` times theirs; and the attributes that must
+        follow the narrower projections (GPT-2's ``split_size``)."""
+        r, params = self.block_roles(), dict(block.named_parameters())
+        idx = self._width_indices(entry.heads, entry.hidden)
+        out: dict[str, torch.Tensor] = {}
+
+        def take(w, channels, axis, scale=1.0, bias_too=True):
+            out[w.name] = params[w.name].index_select(axis, channels) * scale if scale != 1.0 else \
+                params[w.name].index_select(axis, channels)
+            if w.bias is not None and bias_too:
+                out[w.bias] = params[w.bias].index_select(0, channels)
+
+        def scale_out(w):
+            if w.bias is not None and entry.width_scale != 1.0:
+                out[w.bias] = params[w.bias] * entry.width_scale
+
+        if "q" in idx:
+            if r.qkv is not None:  # fused (GPT-2): q, k, v blocks of equal size along the output axis
+                C = params[r.qkv.name].shape[r.qkv.out_axis] // 3
+                take(r.qkv, torch.cat([idx["q"], idx["q"] + C, idx["q"] + 2 * C]), r.qkv.out_axis)
+            else:
+                take(r.q, idx["q"], r.q.out_axis)
+                take(r.k, idx["kv"], r.k.out_axis)
+                take(r.v, idx["kv"], r.v.out_axis)
+            take(r.attn_out, idx["q"], r.attn_out.in_axis, entry.width_scale, bias_too=False)
+            scale_out(r.attn_out)
+        if "hidden" in idx:
+            for w in (r.mlp_in, r.mlp_gate):
+                if w is not None:
+                    take(w, idx["hidden"], w.out_axis)
+            take(r.mlp_out, idx["hidden"], r.mlp_out.in_axis, entry.width_scale, bias_too=False)
+            scale_out(r.mlp_out)
+        attrs = self.layout.width_attrs(block, len(idx["q"]) if "q" in idx else None,
+                                        len(idx["hidden"]) if "hidden" in idx else None)
+        return out, attrs
+
+    def width_unused_slices(self) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+        """(parameter, dim, indices) the current plan's width slicing leaves out (zero gradient this
+        step); blocks the plan skips entirely are not listed."""
+        r, result = self.block_roles(), []
+        groups, hidden = self.width_units(0)
+        for b in self.plan or ():
+            params = dict(self.blocks[b.index].named_parameters())
+            left = self._width_indices(None if b.heads is None else _left_out(groups, b.heads),
+                                       None if b.hidden is None else _left_out(hidden, b.hidden))
+
+            def add(w, channels, axis, bias=True):
+                if len(channels):
+                    result.append((params[w.name], axis, channels))
+                    if w.bias is not None and bias:
+                        result.append((params[w.bias], 0, channels))
+            if "q" in left:
+                if r.qkv is not None:
+                    C = params[r.qkv.name].shape[r.qkv.out_axis] // 3
+                    add(r.qkv, torch.cat([left["q"], left["q"] + C, left["q"] + 2 * C]), r.qkv.out_axis)
+                else:
+                    add(r.q, left["q"], r.q.out_axis)
+                    add(r.k, left["kv"], r.k.out_axis)
+                    add(r.v, left["kv"], r.v.out_axis)
+                add(r.attn_out, left["q"], r.attn_out.in_axis, bias=False)
+            if "hidden" in left:
+                for w in (r.mlp_in, r.mlp_gate):
+                    if w is not None:
+                        add(w, left["hidden"], w.out_axis)
+                add(r.mlp_out, left["hidden"], r.mlp_out.in_axis, bias=False)
+        return result
 
     # -- forward ---------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,7 +472,10 @@ class HFModel(ModelProtocol, nn.Module):
     # -- measurement, generation -----------------------------------------------------------------
     def shape_key(self) -> tuple:
         base = (len(self.blocks),)
-        return base if self.plan is None else base + tuple(b.index for b in self.plan)
+        if self.plan is None:
+            return base
+        return base + tuple((b.index, None if b.heads is None else len(b.heads),
+                             None if b.hidden is None else len(b.hidden)) for b in self.plan)
 
     def num_params(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -457,10 +558,15 @@ def _bind(model: HFModel, block: nn.Module) -> None:
             return hidden_states
         if m.plan is None or not m.training:
             return original(hidden_states, *args, **kwargs)
+        if block.__dict__.get("_leantrain_sliced"):  # inside functional_call below
+            return original(hidden_states, *args, **kwargs)
         entry = m._plan_index().get(block._leantrain_index)
         if entry is None:
             return hidden_states  # skipped: no compute, no gradient
-        out = original(hidden_states, *args, **kwargs)
+        if entry.heads is None and entry.hidden is None:
+            out = original(hidden_states, *args, **kwargs)
+        else:
+            out = _run_sliced(m, block, entry, hidden_states, args, kwargs)
         if entry.scale == 1.0:
             return out
         h = _hidden_of(out)  # transformers 5: a tensor; older forks: tuples
@@ -468,6 +574,29 @@ def _bind(model: HFModel, block: nn.Module) -> None:
 
     forward._leantrain_block = block
     block.forward = forward
+
+
+def _left_out(n: int, kept: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool, device=kept.device)
+    mask[kept] = False
+    return mask.nonzero().flatten()
+
+
+def _run_sliced(model: HFModel, block: nn.Module, entry, hidden_states, args, kwargs):
+    """The block's own forward on its kept heads / units: its parameters swapped for their slices
+    (``torch.func.functional_call``: the graph reaches the full parameters, so the left-out slices
+    get exactly zero gradient) and the attributes that size the projections set to match."""
+    sliced, attrs = model._sliced(block, entry)
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in attrs]
+    for obj, name, value in attrs:
+        setattr(obj, name, value)
+    block.__dict__["_leantrain_sliced"] = True
+    try:
+        return torch.func.functional_call(block, sliced, (hidden_states, *args), kwargs, strict=False)
+    finally:
+        block.__dict__["_leantrain_sliced"] = False
+        for obj, name, value in saved:
+            setattr(obj, name, value)
 
 
 def _plan_index(self) -> dict:

@@ -122,6 +122,12 @@ class Layout:
     def block_roles(self, c) -> BlockRoles:
         raise NotImplementedError
 
+    def width_attrs(self, block: nn.Module, q_channels: int | None, hidden: int | None) -> list[tuple]:
+        """(object, attribute, value) to set while a block runs on ``q_channels`` query channels and
+        ``hidden`` MLP units (None: not sliced) — attributes that size a projection instead of
+        reading the size from its weights."""
+        return []
+
 
 class GPT2Layout(Layout):
     name = "gpt2"
@@ -135,6 +141,12 @@ class GPT2Layout(Layout):
 
     def width(self, c) -> int:
         return c.n_embd
+
+    def width_attrs(self, block, q_channels, hidden):
+        # Conv1D shapes its output by ``nf``; c_attn's output is split into q, k, v by ``split_size``
+        attrs = [] if q_channels is None else [(block.attn, "split_size", q_channels),
+                                               (block.attn.c_attn, "nf", 3 * q_channels)]
+        return attrs + ([] if hidden is None else [(block.mlp.c_fc, "nf", hidden)])
 
     def block_roles(self, c) -> BlockRoles:
         # Conv1D stores weights (in, out): the output axis is 1.
