@@ -149,3 +149,20 @@ def test_learngene_pool_from_a_llama_ancestry_distils_trains_lists_exports_and_e
     with pytest.raises(ConfigError, match="smaller than its auxiliary"):
         fit({"data": data, "model": {"name": "hf", "config": llama(64, 3, 8), "block_size": 16}, "train": TRAIN,
              "methods": [{"name": "learngene_distill", "ancestry": str(tmp_path / "ancestry")}]}, tmp_path / "big")
+
+
+def test_snnet_anchors_may_be_save_pretrained_directories(anchors, tmp_path):
+    text, paths = anchors
+    dirs = []
+    for i, run in enumerate(paths):
+        out = tmp_path / f"pretrained{i}"
+        assert main(["export", "--ckpt", run, "--format", "hf", "--out", str(out)]) == 0
+        dirs.append(str(out))
+    from_runs = fit(snnet(text, paths, "v1"), tmp_path / "runs")
+    from_dirs = fit(snnet(text, dirs, "v1"), tmp_path / "dirs")  # the same weights: the same family
+    assert from_dirs["final_val_loss"] == pytest.approx(from_runs["final_val_loss"], abs=1e-6)
+    fit(snnet(text, dirs, "v1"), tmp_path / "part", until=3)  # resume never reads the directories again
+    for d in dirs:
+        (Path(d) / "model.safetensors").rename(Path(d) / "moved.safetensors")
+    resumed = fit(snnet(text, dirs, "v1"), tmp_path / "part", resume=tmp_path / "part")
+    assert resumed["final_val_loss"] == pytest.approx(from_dirs["final_val_loss"], abs=1e-6)

@@ -27,7 +27,8 @@ from .family import StitchedFamily, learngene_pool, snnet_family, stack_width
 from .learngene import LearngeneDistillation, auxiliary_config, soft_distillation_loss
 from .routes import V2_KINDS
 from .sampling import flops_bins, sample_config
-from .sources import STACK_MODELS, identity, load_recorded, method_state, read_source
+from .sources import (STACK_MODELS, identity, is_pretrained_dir, load_recorded, method_state, pretrained_stack,
+                      read_source)
 from .stitch_init import init_learned, init_least_squares
 
 
@@ -193,7 +194,8 @@ class FamilyMethod(Method):
 @dataclass
 class SNNetConfig(FamilyOptions):
     anchors: list[str] = field(default_factory=list)
-    """Run directories of the trained anchors (at least two): gpt runs on this run's data with the
+    """Run directories of the trained anchors (at least two; hf anchors may also be save_pretrained
+    directories, e.g. written by export --format hf): gpt or hf runs on this run's data with the
     recipe's model.block_size and one bias setting; v1 needs one depth, v2 depths that are multiples
     of the next narrower anchor's. Only this run's first start reads them."""
     version: Literal["v1", "v2"] = "v1"
@@ -241,6 +243,11 @@ class SNNet(FamilyMethod):
         anchors = []
         for i, path in enumerate(c.anchors):
             key = f"methods.snnet.anchors[{i}]"
+            if is_pretrained_dir(path):  # an hf model's save_pretrained directory
+                model, ident = pretrained_stack(path, key, state)
+                anchors.append(model.train())
+                self.sources.append({"role": "anchor", **ident})
+                continue
             meta = read_source(path, key, state, "anchors")
             trained = load_recorded(identity(path, meta), key)
             if not plain_stack(trained.model):
