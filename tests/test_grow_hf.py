@@ -56,7 +56,9 @@ def build(family: str, d: int, layers: int, heads: int, seed: int = 0, trained: 
 
 def inputs(family: str):
     g = torch.Generator().manual_seed(1)
-    return torch.rand(2, 3, 8, 8, generator=g).double() if family == "vit" else torch.randint(0, V, (2, 12), generator=g)
+    if family == "vit":
+        return torch.rand(2, 3, 8, 8, generator=g).double()
+    return torch.randint(0, V, (2, 12), generator=g)
 
 
 def logits(model, x):
@@ -252,7 +254,8 @@ def llama_source(tmp_path_factory, text):
     return run
 
 
-GROW = {"mango": {"operator_steps": 2}, "fpi": {}, "aki": {}, "net2net": {}, "msg": {"ramp_steps": 3}, "ligo": {"operator_steps": 2},
+GROW = {"mango": {"operator_steps": 2}, "fpi": {}, "aki": {}, "net2net": {}, "msg": {"ramp_steps": 3},
+        "ligo": {"operator_steps": 2},
         "stackbert": {}, "gstack": {}}
 
 

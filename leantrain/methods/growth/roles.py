@@ -20,7 +20,6 @@ model's own after-depth-change hook already numbered its layers and its config.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -161,7 +160,7 @@ def role_layout(model: nn.Module, what: str = "growth") -> RoleLayout:
         for role, w, outs, ins in _weights(br):
             ax = [Axis(), Axis()]
             ax[w.out_axis] = Axis(outs, l)
-            ax[w.in_axis] = Axis(tuple(s if s == "embd" else s for s in ins), l, is_in=True)
+            ax[w.in_axis] = Axis(ins, l, is_in=True)
             axes[pre + w.name], kinds[pre + w.name], role_of[w.name] = tuple(ax), "linear", role
             if w.bias is not None:
                 axes[pre + w.bias], kinds[pre + w.bias], role_of[w.bias] = (Axis(outs, l),), "bias", role + "/b"
@@ -492,7 +491,9 @@ def masked_norm(x: torch.Tensor, m: torch.Tensor, module: nn.Module) -> torch.Te
         y = (xf - mu) * torch.rsqrt(var + eps)
     else:
         y = xf * torch.rsqrt((xf.square() * mf).sum(-1, keepdim=True) / n + eps)
-    y = y.to(dtype) * module.weight
+    y = y.to(dtype)
+    if getattr(module, "weight", None) is not None:
+        y = y * module.weight
     if getattr(module, "bias", None) is not None:
         y = y + module.bias
     return y * m
@@ -530,7 +531,7 @@ class RoleMasks:
         if roles.width > d1:
             hook(blocks[0].register_forward_pre_hook(self._block_input, with_kwargs=True))
             for m in model.modules():
-                if is_norm(m) and m.weight.shape[0] == roles.width:
+                if is_norm(m) and getattr(m, "weight", None) is not None and m.weight.shape[0] == roles.width:
                     hook(m.register_forward_hook(self._norm))
         for l, br in enumerate(roles.blocks[:s["n_layer"]]):
             block = blocks[l]
@@ -822,7 +823,8 @@ class RoleMango(nn.Module):
             t = getattr(self, f"out_{i}")
             for k, ax in enumerate(src.axes[n]):
                 if ax.spaces:
-                    t = torch.tensordot(t, self.width_in if ax.is_in else self.width["embd"], dims=([k], [0])).movedim(-1, k)
+                    w = self.width_in if ax.is_in else self.width["embd"]
+                    t = torch.tensordot(t, w, dims=([k], [0])).movedim(-1, k)
             if self.tied_norm is not None and n.startswith(self.tied_norm + "."):
                 t = t * self.head_scale
             out[n] = t
@@ -841,4 +843,5 @@ def _param(t):
 
 
 __all__ = ["RoleLayout", "role_layout", "check_role_growth", "Maps", "copy_maps", "copy_width", "widen",
-           "grow_copy", "stack", "msg_grow", "RoleMasks", "masked_norm", "RoleLiGO", "RoleMango", "shared_maps", "is_norm"]
+           "grow_copy", "stack", "msg_grow", "RoleMasks", "masked_norm", "RoleLiGO", "RoleMango", "shared_maps",
+           "is_norm"]

@@ -271,7 +271,10 @@ class StitchedFamily(nn.Module):
 
 
 def stack_width(stack: nn.Module) -> int:
-    """A stack's residual width (its weight roles')."""
+    """A stack's residual width: its weight roles' (a model without them: its config's n_embd, so that
+    the family's checks name the capability it lacks)."""
+    if not protocol.supports(stack, "weight_roles") and hasattr(getattr(stack, "config", None), "n_embd"):
+        return stack.config.n_embd
     return protocol.require(stack, "weight_roles", "stitched family").weight_roles().width
 
 

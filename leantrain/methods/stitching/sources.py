@@ -35,7 +35,8 @@ def read_source(path: str, key: str, state: State, what: str, plain: bool = True
                           f"than this run's data ({len(ours or [])} tokens)")
     model = recipe.get("model", {})
     if model.get("name", "gpt") not in STACK_MODELS:
-        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt (or hf) runs")
+        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs "
+                          "(or hf runs of one family)")
     wrapped = [m["name"] for m in meta.get("methods", []) if m["name"] in WRAPPING]
     if plain and wrapped:
         raise ConfigError(f"{key}: {path} was trained with {wrapped[0]}, which replaces the model; {what} "
