@@ -370,3 +370,34 @@ def test_every_operator_on_every_family_grows_trains_and_exports_to_from_pretrai
         with torch.no_grad():
             assert torch.equal(loaded(**kwargs).logits, ours(x)[0]), op
         assert loaded.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("case, message", [
+    ("gpt_source", "holds a 'gpt' model; grow maps a model into one of the same kind ('hf')"),
+    ("other_family", "the source's blocks are hf.model.layers, the target's hf.transformer.h"),
+    ("head_size", "at the source's head size 8"),
+    ("shrink", "cannot shrink the source's width 32 to 16"),
+])
+def test_bad_growth_input_is_one_line_exit_2_before_anything_is_written(case, message, llama_source, text, tmp_path,
+                                                                         capsys):
+    import yaml
+    source, target = str(llama_source), text_config("llama", 32, 2, 4)
+    if case == "gpt_source":
+        fit({"data": {"path": str(text)}, "model": {"n_layer": 1, "n_head": 1, "n_embd": 16, "block_size": 16},
+             "train": {"max_steps": 1, "eval_interval": 1, "eval_iters": 1, "batch_size": 2}}, tmp_path / "gpt")
+        source = str(tmp_path / "gpt")
+    elif case == "other_family":
+        target = text_config("gpt2", 32, 2, 4)
+    elif case == "head_size":
+        target = text_config("llama", 32, 2, 2)
+    elif case == "shrink":
+        fit(recipe(text, text_config("llama", 32, 1, 4), steps=1), tmp_path / "wide")
+        source, target = str(tmp_path / "wide"), text_config("llama", 16, 2, 2)
+    f = tmp_path / "recipe.yaml"
+    f.write_text(yaml.safe_dump(recipe(text, target, {"operator": "fpi", "source": source})))
+    out = tmp_path / "out"
+    code = main(["train", "--recipe", str(f), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
