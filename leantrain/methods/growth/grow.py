@@ -1,5 +1,7 @@
-"""The ``grow`` method: the recipe's model is the *target*; ``source`` is a trained smaller GPT whose
-weights a growth operator maps into it before the target trains normally.
+"""The ``grow`` method: the recipe's model is the *target*; ``source`` is a trained smaller model whose
+weights a growth operator maps into it before the target trains normally. leantrain's GPT uses the
+operators of ``copying.py`` / ``mango.py`` / ``ligo.py`` / ``msg.py``; any other model that declares
+weight roles (``hf``) the same operators through its roles (``roles.py``).
 
 * Copy operators (fpi, aki, stackbert, gstack, net2net) and MSG grow once, in ``setup``: the target
   holds the grown weights before the optimizer exists, and the run's first evaluation (step 0) is
@@ -57,8 +59,9 @@ APPLIES = {"operator_steps": TRAINED, "operator_lr": TRAINED, "operator_warmup":
 @dataclass
 class GrowConfig:
     source: str | None = None
-    """Run or checkpoint directory of the trained smaller gpt to grow from (same data and vocabulary).
-    Read once, when a fresh run starts; resuming or loading the grown run does not need it."""
+    """Run or checkpoint directory of the trained smaller model to grow from (same model name, data and
+    vocabulary; for an hf target also a save_pretrained directory of the same family). Read once, when
+    a fresh run starts; resuming or loading the grown run does not need it."""
     operator: Literal["mango", "ligo", "fpi", "aki", "stackbert", "gstack", "msg", "net2net"] = "mango"
     """mango, ligo: trained operators (an operator phase first); fpi, aki (bert2BERT), stackbert,
     gstack, net2net: copies; msg: masked, function-preserving growth with a ramp. See the card."""
@@ -276,7 +279,8 @@ def source_moments(tensors: dict[str, torch.Tensor], path: str) -> dict[str, dic
 # ------------------------------------------------------------------------------------ the method
 @register_method
 class Grow(Method):
-    """Grow the recipe's gpt from a trained smaller one: Mango, LiGO, FPI/AKI, StackBERT, G_stack, MSG, Net2Net."""
+    """Grow the recipe's model (gpt, or hf through its weight roles) from a trained smaller one: Mango, LiGO,
+    FPI/AKI, StackBERT, G_stack, MSG, Net2Net."""
     name = "grow"
     Config = GrowConfig
     kind = "surgery"
@@ -320,7 +324,7 @@ class Grow(Method):
             check_layout(state.model, "methods.grow")
         if cfg.source is None:
             raise ConfigError("methods.grow.source: give the run or checkpoint directory of the trained "
-                              "smaller gpt to grow from")
+                              "smaller model to grow from")
         if cfg.phase_steps >= t.max_steps:
             raise ConfigError(f"methods.grow.operator_steps: {cfg.phase_steps} operator steps leave none of "
                               f"train.max_steps={t.max_steps} to train the grown target")
