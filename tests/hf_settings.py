@@ -3,6 +3,8 @@
 Shared by tests/test_hf.py and the torchrun worker tests/ddp_hf_worker.py.
 """
 import copy
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -36,9 +38,15 @@ METHODS = {
 
 
 def image_npz(path, n=96, classes=4, seed=0):
-    """Random 3×8×8 uint8 images with labels: enough for a ViT to train a few steps."""
-    rng = np.random.default_rng(seed)
-    np.savez(path, x=rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), y=rng.integers(0, classes, n))
+    """Random 3×8×8 uint8 images with labels: enough for a ViT to train a few steps. Written once,
+    atomically (DDP ranks build the same recipe at the same time)."""
+    path = Path(path)
+    if not path.exists():
+        rng = np.random.default_rng(seed)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.savez(f, x=rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), y=rng.integers(0, classes, n))
+        os.replace(tmp, path)
     return str(path)
 
 

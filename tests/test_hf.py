@@ -88,6 +88,22 @@ def test_a_model_that_cannot_take_the_data_is_a_one_line_error(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_new_model_type_joins_an_existing_layout(tmp_path):
+    from leantrain.models.hf import FAMILIES as KNOWN
+    from leantrain.models.hf import register_hf_family
+    qwen3 = {"model_type": "qwen3", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    recipe = lambda: Recipe.from_dict({**hf_recipe("llama", tmp_path, [METHODS["raptr_width"]], steps=4),  # noqa: E731
+                                       "model": {"name": "hf", "config": dict(qwen3), "block_size": 16}})
+    with pytest.raises(ConfigError, match="'qwen3' has no leantrain adapter"):
+        recipe()
+    register_hf_family("qwen3", "llama", "causal_lm")  # Qwen3: the Llama layout (+ q/k norms)
+    try:
+        assert Trainer(recipe(), None, verbose=False).fit()["train_flops"] > 0
+    finally:
+        del KNOWN["qwen3"]
+
+
 def test_task_follows_the_architecture():
     assert [HFConfig(config=FAMILIES[f]).task for f in FAMILIES] == [
         "causal_lm", "causal_lm", "causal_lm", "masked_lm", "image_classification"]
@@ -183,6 +199,8 @@ def test_llama_runs_appended_blocks_and_cached_generate_equals_uncached_after_st
         assert torch.equal(cached, model.hf.generate(prompt, use_cache=False, **kw)), family
         g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
         assert torch.equal(model.generate(prompt, 8, generator=g()), model.generate(prompt, 8, generator=g(), use_cache=False))
+        adapt(model).set_blocks([model.blocks[i] for i in (5, 1, 2)])  # cut and reordered
+        assert torch.equal(model.hf.generate(prompt, use_cache=True, **kw), model.hf.generate(prompt, use_cache=False, **kw))
 
 
 # ----------------------------------------------------------------------------------- protocol facts
@@ -343,6 +361,25 @@ def test_gpt2_width_slices_conv1d_weights_along_their_transposed_axes():
     assert model.blocks[0].attn.split_size == 32 and model.blocks[0].attn.c_attn.nf == 96  # put back
 
 
+def test_refusals_say_why(tmp_path):
+    from leantrain.models.protocol import require
+    with pytest.raises(ConfigError, match="masks and rotary embeddings HF's forward computes"):
+        require(build("llama"), "pipeline", "methods.local.parallel")
+    with pytest.raises(ConfigError, match="variants greedy and contsup apply, not 'dgl'"):
+        Trainer(Recipe.from_dict(hf_recipe("llama", tmp_path, [{"name": "local", "variant": "dgl"}])), None,
+                verbose=False)
+    with pytest.raises(ConfigError, match="immediate updates need modules that share no parameters"):
+        Trainer(Recipe.from_dict(hf_recipe("gpt2", tmp_path, [{"name": "local", "update": "immediate"}])), None,
+                verbose=False)
+    run = tmp_path / "contsup"
+    Trainer(Recipe.from_dict(hf_recipe("llama", tmp_path, [METHODS["contsup"]], steps=2)), run, verbose=False,
+            progress=False).fit()
+    with pytest.raises(LeantrainError, match="ContSup's context encoders"):
+        from leantrain.export import export_hf
+        export_hf(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------------- export
 @pytest.mark.parametrize("family,method", [("gpt2", None), ("llama", "stacking"), ("bert", None), ("vit", None)])
 def test_export_round_trips_through_from_pretrained(family, method, tmp_path):
@@ -412,3 +449,12 @@ def test_bundled_hf_recipes_build(name, tmp_path):
         return
     r = Recipe.load(path, ["train.max_steps=4", "train.warmup_steps=0", "train.eval_interval=4", "train.eval_iters=1"])
     Trainer(r, None, verbose=False).fit()
+
+
+@pytest.mark.parametrize("family", ["llama", "vit"])
+def test_dgl_immediate_updates_on_untied_models(family, tmp_path):
+    """Each module steps right after its own backward (DGL's update rule): possible where the output
+    head shares no weight with the first module."""
+    method = {"name": "local", "variant": "greedy", "modules": 2, "update": "immediate"}
+    s = Trainer(Recipe.from_dict(hf_recipe(family, tmp_path, [method], steps=3)), None, verbose=False).fit()
+    assert s["steps"] == 3 and s["final_val_loss"] < 10

@@ -12,7 +12,9 @@ classification (ViT). ``transformers`` is imported only when an ``hf`` model is 
 One adapter per layout (``hf_layouts.py``) tells where the blocks, the dropout sites, the final head
 and the layer indices are. HF's own forward runs (its masks, rotary embeddings and caches stay its
 own); each block's ``forward`` is rebound *on the object* (parameter names never change) to skip
-or rescale it according to ``model.plan`` in training mode.
+or rescale it according to ``model.plan`` in training mode, or to run it on the kept slices of its
+weights (RaPTr's width: heads by key/value group, MLP units). Local learning's units run HF's forward
+up to the first block, recording what it hands each block, and then the blocks with those.
 """
 from __future__ import annotations
 
@@ -43,6 +45,22 @@ FAMILIES = {
 CONSUMES = {"causal_lm": "lm", "masked_lm": "lm", "image_classification": "classification"}
 
 
+def register_hf_family(model_type: str, layout, task: str) -> None:
+    """Let ``model: {name: hf}`` take another ``model_type``: ``layout`` is the name of a layout in
+    ``hf_layouts.LAYOUTS`` (e.g. ``"llama"`` for a decoder with ``model.layers``) or a
+    :class:`~leantrain.models.hf_layouts.Layout` subclass of one's own; ``task`` one of causal_lm,
+    masked_lm, image_classification."""
+    from .hf_layouts import LAYOUTS, Layout
+    if task not in CONSUMES:
+        raise ConfigError(f"register_hf_family: task {task!r} is not one of {', '.join(CONSUMES)}")
+    if isinstance(layout, type) and issubclass(layout, Layout):
+        LAYOUTS[layout.name] = layout
+        layout = layout.name
+    if layout not in LAYOUTS:
+        raise ConfigError(f"register_hf_family: no layout {layout!r} (known: {', '.join(sorted(LAYOUTS))})")
+    FAMILIES[model_type] = (layout, task)
+
+
 def transformers_module():
     """``import transformers`` (≈ 4 s), only when an hf model is used; a one-line error without it."""
     try:
@@ -68,7 +86,8 @@ def quiet_transformers():
 class HFConfig:
     path: str | None = None
     """A local directory written by `save_pretrained` (config.json + safetensors), loaded with
-    local_files_only — never the network. Give this or `config`."""
+    local_files_only — never the network. Give this or `config`. Resuming, evaluating or exporting
+    the run reads its config from there again (the weights come from the checkpoint)."""
     config: dict | None = None
     """A transformers config as a mapping, e.g. {model_type: llama, hidden_size: 64, ...}: a fresh
     model, initialised from train.seed. Data-decided keys left out are filled in (vocab_size, the
@@ -212,6 +231,13 @@ class HFModel(ModelProtocol, nn.Module):
 
     def why_not(self, name: str) -> str | None:
         return WHY_NOT.get(name)
+
+    def _plan_index(self) -> dict:
+        """{block index: its BlockPlan} of the current plan (rebuilt when the plan object changes)."""
+        plan, cached = self.plan, self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] is not plan:
+            cached = self.__dict__["_plan_cache"] = (plan, {b.index: b for b in plan})
+        return cached[1]
 
     # -- blocks, depth changes ---------------------------------------------------------------------
     @property
@@ -597,18 +623,6 @@ def _run_sliced(model: HFModel, block: nn.Module, entry, hidden_states, args, kw
         block.__dict__["_leantrain_sliced"] = False
         for obj, name, value in saved:
             setattr(obj, name, value)
-
-
-def _plan_index(self) -> dict:
-    plan = self.plan
-    cached = self.__dict__.get("_plan_cache")
-    if cached is None or cached[0] is not plan:
-        cached = (plan, {b.index: b for b in plan})
-        self.__dict__["_plan_cache"] = cached
-    return cached[1]
-
-
-HFModel._plan_index = _plan_index
 
 
 def build_hf_model(cfg: HFConfig) -> nn.Module:
