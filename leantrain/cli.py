@@ -341,9 +341,12 @@ def _export(args) -> int:
     chosen = [f for f, v in (("--config", args.config), ("--max-flops", args.max_flops),
                              ("--max-params", args.max_params)) if v is not None]
     if args.format == "hf":
-        if chosen:
-            raise LeantrainError(f"{chosen[0]} chooses a stitched family's configuration; --format hf "
-                                 "exports the run's model as it is")
+        if chosen:  # one configuration of a stitched family (a single anchor / instance)
+            from .methods.stitching.deploy import export_hf as export_config
+            got = export_config(args.ckpt, args.out, args.config, args.max_flops, args.max_params)
+            print(f"exported configuration {got['id']} ({got['route']}) as {got['architecture']} "
+                  f"({got['params']:,} parameters) -> {got['out']}")
+            return 0
         from .export import export_hf
         got = export_hf(args.ckpt, args.out)
         tok = " with its tokenizer" if got["tokenizer"] else ""

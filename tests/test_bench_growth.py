@@ -67,3 +67,41 @@ def test_verdict_follows_the_goals_and_the_noise_rule():
     slow = "\n".join(growth.verdict(_rows({"scratch": [1.0] * 3, "mango": [0.5, 0.5, 0.5]}, seconds_factor=1.5)))
     assert "Mango saves ≥ 60% of scratch's FLOPs: not met** — 50%" in slow and "our setting gives less" in slow
     assert "wall-time saving 25% vs FLOP saving 50% (goal: at most 10 points below): **not met**" in slow
+
+
+def test_hf_family_suite_runs_end_to_end_on_tiny_llamas(tmp_path):
+    """--family hf: a tiny Llama source grown by every operator through the weight roles (--quick shapes
+    shrunk further); the settings validate and keep the head size and the grouped-query ratio."""
+    import pytest
+    pytest.importorskip("transformers")
+    for s in (growth.HF_FULL, growth.HF_QUICK):
+        for model in (s.target, s.source, *s.depth_sources.values()):
+            Recipe.from_dict(growth.train_recipe(s, model, s.steps, 1))
+        t, src = s.target, s.source
+        assert t["hidden_size"] // t["num_attention_heads"] == src["hidden_size"] // src["num_attention_heads"]
+        ratio = lambda m: m["num_attention_heads"] // m["num_key_value_heads"]  # noqa: E731
+        assert ratio(t) == ratio(src)
+    text = tmp_path / "small.txt"
+    text.write_text((ROOT / "leantrain" / "data" / "datasets" / "shakespeare_char.txt").read_text()[:20000])
+    target = {**growth.HF_TARGET, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2}
+    tiny = replace(growth.HF_QUICK, target=target, block_size=16,
+                   source={**target, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "num_key_value_heads": 1},
+                   depth_sources={"stackbert": {**target, "num_hidden_layers": 1},
+                                  "gstack": {**target, "num_hidden_layers": 1}},
+                   steps=8, source_steps=4, eval=(4, 2), batch=4, warmup=2, data={"path": str(text)},
+                   operators=growth.operators(operator_steps=2, ramp_steps=2, g=2))
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", family="hf")
+    assert growth.run_setting(args, tiny) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["scratch", *growth.GROWN]
+    for r in rows[1:]:
+        assert r["source_train_flops"] > 0 and "val_loss_after_growth" in r
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "--family hf" in report and "Hugging Face Llama" in report
+    # MSG (function-preserving) starts at its source's whole-split loss
+    from leantrain.cli import evaluate_checkpoint
+    after = {r["method"]: r["val_loss_after_growth"] for r in rows[1:]}
+    source = evaluate_checkpoint(tmp_path / "out" / "sources" / "seed0" / "main")["val_loss"]
+    assert after["msg"] == pytest.approx(source, abs=2e-5)

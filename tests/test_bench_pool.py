@@ -70,3 +70,23 @@ def test_fronts_are_compared_as_the_best_model_within_each_budget_both_families_
     assert "50% of SN-Net's 100 (goal ≤ 60%): **met**" in text and "**Pareto front**" in text and "**missed**" in text
     # within the noise of the allowance: a gap just above 0.02 with a large evaluation SE
     assert pool.gap_word({"gap": 0.025, "eval_se": 0.01, "seed_std": 0.001}) == "within noise of the allowance"
+
+
+def test_hf_family_suite_runs_end_to_end_scaled_down(tmp_path):
+    """--family hf: Llama anchors, ancestry and auxiliaries through the same engine (--budget steps)."""
+    pytest.importorskip("transformers")
+    text = tmp_path / "small.txt"
+    text.write_text(BUNDLED.read_text()[:20000])
+    tiny = pool.Setting(**{**TINY.__dict__, "anchors": ((16, 2), (32, 2), (48, 2)), "auxiliaries": ((16, 2), (48, 2)),
+                           "family": "hf", "data": {"path": str(text)}})
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", budget=None, keep_runs=False,
+                              family="hf")
+    assert pool.run_setting(args, tiny) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "--family hf" in report and "Hugging Face Llama" in report and "budget `steps`" in report
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    families = {r["family"]: r for r in rows if r["kind"] == "family"}
+    assert len(families["snnet"]["configs"]) == 3 + 2 * 10 and len(families["learngene_pool"]["configs"]) == 2 + 7
+    assert all(c["val_loss"] is not None for f in families.values() for c in f["configs"])
+    with pytest.raises(Exception, match="--budget steps"):
+        pool.distill_steps(tiny, 10, 60, "flops")

@@ -54,6 +54,11 @@ class Setting:
     lr: float = 2e-3
     warmup: int = 50
     data: dict = field(default_factory=dict)
+    family: str = "gpt"
+    """gpt: leantrain's GPT (model dicts are GPTConfig fields); hf: Hugging Face Llama (model dicts are
+    transformers config fields, the context length is ``block_size``)."""
+    block_size: int = 64
+    """hf: tokens per training window."""
 
 
 def operators(operator_steps: int, ramp_steps: int, g: int) -> dict[str, dict]:
@@ -79,10 +84,34 @@ FULL = Setting(target=TARGET, source={**TARGET, "n_layer": 4, "n_head": 4, "n_em
                steps=400, source_steps=400, eval=(20, 8), operators=operators(40, 30, 3), lr=5e-3, warmup=30)
 QUICK = replace(FULL, steps=150, source_steps=150, eval=(25, 4), operators=operators(15, 15, 3), warmup=15)
 
+# --family hf: a tiny Hugging Face Llama (grouped-query attention 2:1, SwiGLU MLP, RMSNorm, rotary
+# positions, untied head) grown through the protocol's weight roles. Head size 16 is fixed (rotary): the
+# source has half the width and half the query and key/value heads, in the same ratio. Sized so that a
+# target run stays well under 3 minutes on one thread of the shared machine (4×64, 300 steps).
+HF_TARGET = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+HF_FULL = Setting(target=HF_TARGET, family="hf",
+                  source={**HF_TARGET, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 2, "num_key_value_heads": 1},
+                  depth_sources={"stackbert": {**HF_TARGET, "num_hidden_layers": 2},
+                                 "gstack": {**HF_TARGET, "num_hidden_layers": 1}},
+                  steps=300, source_steps=300, eval=(20, 8), operators=operators(30, 30, 4), lr=5e-3, warmup=30)
+HF_QUICK = replace(HF_FULL, steps=100, source_steps=100, eval=(25, 4), operators=operators(10, 10, 4), warmup=10)
+SETTINGS = {("gpt", False): FULL, ("gpt", True): QUICK, ("hf", False): HF_FULL, ("hf", True): HF_QUICK}
+
+
+def shape(model: dict) -> tuple[int, int, int]:
+    """(layers, width, heads) of a model dict of either family."""
+    if "model_type" in model:
+        return model["num_hidden_layers"], model["hidden_size"], model["num_attention_heads"]
+    return model["n_layer"], model["n_embd"], model["n_head"]
+
 
 def train_recipe(setting: Setting, model: dict, steps: int, threads: int, methods=()) -> dict:
     every, iters = setting.eval
-    return {"data": dict(setting.data), "model": {"name": "gpt", **model}, "methods": list(methods),
+    spec = ({"name": "hf", "config": dict(model), "block_size": setting.block_size} if setting.family == "hf"
+            else {"name": "gpt", **model})
+    return {"data": dict(setting.data), "model": spec, "methods": list(methods),
             "train": {"max_steps": steps, "batch_size": setting.batch, "lr": setting.lr, "min_lr": setting.lr / 10,
                       "warmup_steps": min(setting.warmup, steps - 1), "eval_interval": every, "eval_iters": iters,
                       "log_interval": every, "threads": threads}}
@@ -103,7 +132,8 @@ def train_sources(setting: Setting, seed: int, root: Path, threads: int, log=std
         path = root / name
         s = Trainer(Recipe.from_dict(d), path, overwrite=True, verbose=False, progress=False).fit()
         out[name] = {"path": str(path), "summary": s}
-        log(f"source {name} ({model['n_layer']}×{model['n_embd']}) seed {seed}: val {s['final_val_loss']:.4f}, "
+        layers, width, _ = shape(model)
+        log(f"source {name} ({layers}×{width}) seed {seed}: val {s['final_val_loss']:.4f}, "
             f"{s['train_flops']:.3e} FLOPs, {s['wall_seconds']:.1f}s")
     return out
 
@@ -119,7 +149,7 @@ def make_jobs(setting: Setting, sources: dict[str, dict], threads: int) -> list[
         grow = {"name": "grow", "source": src["path"], **options}
         m = source_models(setting)[source_of(row, setting)]
         jobs.append(Job(row, train_recipe(setting, setting.target, setting.steps, threads, [grow]),
-                        f"from {m['n_layer']}×{m['n_embd']}; " + ", ".join(f"{k} {v}" for k, v in options.items())))
+                        "from {}×{}; ".format(*shape(m)[:2]) + ", ".join(f"{k} {v}" for k, v in options.items())))
     return jobs
 
 
@@ -233,7 +263,7 @@ def growth_table(rows: list[dict], setting: Setting) -> str:
             reached = sum(r.get(key) is not None for r in rs)
             missing = "" if reached == len(rs) else f" ({reached}/{len(rs)} reached)"
             return mean_std([r.get(key) for r in rs], ".3f") + missing
-        out.append(f"| {m} | {model['n_layer']}×{model['n_embd']} | {cost} | {after} | {params} | {x('flops_x')} | "
+        out.append(f"| {m} | {shape(model)[0]}×{shape(model)[1]} | {cost} | {after} | {params} | {x('flops_x')} | "
                    f"{x('flops_with_source_x')} | {x('seconds_x')} | {x('seconds_with_source_x')} |")
     return "\n".join(out)
 
@@ -253,12 +283,20 @@ def plots(out: Path, rows: list[dict]) -> list[str]:
 
 def render(args, rows, jobs, sources_log, setting: Setting, n_seeds: int, plot_files) -> str:
     t, every = setting.target, setting.eval[0]
-    cmd = f"leantrain bench growth{' --quick' if args.quick else ''} --seeds {n_seeds} --threads {args.threads}"
+    family = getattr(args, "family", "gpt")
+    cmd = (f"leantrain bench growth{' --quick' if args.quick else ''}{' --family hf' if family == 'hf' else ''} "
+           f"--seeds {n_seeds} --threads {args.threads}")
+    layers, width, heads = shape(t)
+    if setting.family == "hf":
+        what = (f"Hugging Face Llama {layers} blocks × {width} dims, {heads} heads ({t['num_key_value_heads']} "
+                f"key/value; SwiGLU, RMSNorm, rotary, untied head), context {setting.block_size}")
+    else:
+        what = f"GPT {layers} blocks × {width} dims, {heads} heads, context {t['block_size']}"
     lines = [
         "# leantrain bench growth", "", f"Command: `{cmd}`", "",
         *([f"**--quick: {n_seeds} seed(s) and short runs — a smoke test, not for quoting.**", ""]
           if args.quick else []),
-        f"Target: GPT {t['n_layer']} blocks × {t['n_embd']} dims, {t['n_head']} heads, context {t['block_size']}, "
+        f"Target: {what}, "
         f"batch {setting.batch}, {setting.steps} steps for every row (lr {setting.lr:g} → {setting.lr / 10:g} "
         f"cosine, warm-up {setting.warmup}), bundled Shakespeare; {n_seeds} seed(s), rows interleaved per seed, "
         f"{args.threads} thread(s). Sources trained {setting.source_steps} steps each, per seed (same recipe). "
@@ -285,6 +323,9 @@ def render(args, rows, jobs, sources_log, setting: Setting, n_seeds: int, plot_f
 
 
 def _add_args(p) -> None:
+    p.add_argument("--family", choices=["gpt", "hf"], default="gpt",
+                   help="gpt: leantrain's GPT (the committed figures); hf: a tiny Hugging Face Llama grown "
+                   "through the model protocol's weight roles")
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads for every run (default 1: two threads on a busy 2-core machine "
                    "can be many times slower)")
@@ -293,7 +334,7 @@ def _add_args(p) -> None:
 @register_bench("growth", "a trained small GPT grown into a larger one by every operator (Mango, LiGO, "
                 "FPI/AKI, Net2Net, MSG, StackBERT, G_stack) vs the larger one from scratch", _add_args)
 def run(args) -> int:
-    return run_setting(args, QUICK if args.quick else FULL)
+    return run_setting(args, SETTINGS[(getattr(args, "family", "gpt"), bool(args.quick))])
 
 
 def run_setting(args, setting: Setting) -> int:

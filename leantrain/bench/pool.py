@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..data import TextConfig, TextTask
@@ -63,9 +63,18 @@ class Setting:
     worse with 1e-3 than with 3e-4, fixed batches)."""
     data: dict = field(default_factory=dict)
     """Data section (default: the bundled corpus)."""
+    family: str = "gpt"
+    """gpt: leantrain's GPT stacks; hf: Hugging Face Llama stacks (grouped-query attention 2:1 where the
+    head count allows, SwiGLU, RMSNorm, rotary), the same engine through the model protocol."""
 
 
 CPU = Setting()
+# --family hf: tiny Llamas at head size 16 (rotary). Sized by the --quick run on the shared machine
+# (120 steps: a distillation ≈ 55 s, the widest anchor ≈ 20 s, one thread): 300 steps keep every run
+# under about 3 minutes.
+HF = Setting(anchors=((32, 2), (64, 4), (96, 6)), depth=4, auxiliaries=((32, 2), (96, 6)), aux_depth=3,
+             steps={"full": 300, "quick": 120}, family_steps={"full": 150, "quick": 60}, family="hf")
+SETTINGS = {"gpt": CPU, "hf": HF}
 
 
 def _train(steps: int, lr: float, eval_: tuple, threads: int, batch: int) -> dict:
@@ -76,6 +85,12 @@ def _train(steps: int, lr: float, eval_: tuple, threads: int, batch: int) -> dic
 
 
 def _gpt(width: int, heads: int, depth: int, s: Setting) -> dict:
+    """The model section of one stack of the setting's family."""
+    if s.family == "hf":
+        config = {"model_type": "llama", "hidden_size": width, "intermediate_size": 2 * width,
+                  "num_hidden_layers": depth, "num_attention_heads": heads,
+                  "num_key_value_heads": heads // 2 if heads % 2 == 0 else heads}
+        return {"name": "hf", "config": config, "block_size": s.block_size}
     return {"name": "gpt", "n_layer": depth, "n_head": heads, "n_embd": width, "block_size": s.block_size,
             "dropout": 0.0}
 
@@ -85,6 +100,10 @@ def distill_steps(s: Setting, steps: int, vocab: int, budget: str) -> int:
     together cost the analytic training FLOPs of SN-Net's anchors other than the shared widest one."""
     if budget == "steps":
         return steps
+    if s.family != "gpt":
+        from ..errors import LeantrainError
+        raise LeantrainError("bench pool --budget flops matches budgets with the GPT's analytic FLOPs count; "
+                             "use --budget steps with --family hf")
 
     def train(w: int, d: int) -> int:
         return analytic_gpt_flops(d, w, s.block_size, vocab, s.batch)
@@ -113,7 +132,8 @@ def seed_jobs(s: Setting, mode: str, threads: int, root: Path, budget: str, voca
                                                [{"name": "learngene_distill", "ancestry": ancestry}]),
                              f"{s.aux_depth} × {w} distilled from the {s.anchors[-1][0]}-wide anchor, {Sd} steps"))
              for w, h in s.auxiliaries]
-    wide = _gpt(*s.anchors[-1], s.depth, s)
+    # the family replaces the recipe's model; its section gives the context length
+    wide = _gpt(*s.anchors[-1], s.depth, s) if s.family == "gpt" else _gpt(*s.anchors[0], 1, replace(s, family="gpt"))
     snnet = {"name": "snnet", "anchors": [str(root / f"anchor{w}") for w, _ in s.anchors], "version": "v1",
              "final_eval": "whole"}
     pool = {"name": "learngene_pool", "auxiliaries": [str(root / f"aux{w}") for w, _ in s.auxiliaries],
@@ -310,8 +330,8 @@ def plot_pareto(path: Path, summary: dict) -> None:
 
 def render(args, s: Setting, mode: str, summary: dict, result: dict, n_seeds: int, budget: str) -> str:
     h = summary["head"]
-    cmd = (f"leantrain bench pool{' --quick' if args.quick else ''} --seeds {n_seeds} --threads {args.threads}"
-           + (f" --budget {budget}" if budget != "flops" else ""))
+    cmd = (f"leantrain bench pool{' --quick' if args.quick else ''}{' --family hf' if s.family == 'hf' else ''} "
+           f"--seeds {n_seeds} --threads {args.threads}" + (f" --budget {budget}" if budget != "flops" else ""))
     comps = result["components"]
     steps = {c["stage"]: c["steps"] for c in comps}
     S, K = s.steps[mode], s.family_steps[mode]
@@ -319,6 +339,8 @@ def render(args, s: Setting, mode: str, summary: dict, result: dict, n_seeds: in
     lines = ["# leantrain bench pool", "", f"Command: `{cmd}`", "",
              *([f"**--quick: {n_seeds} seed(s) and short runs — a smoke test, not for quoting.**", ""]
                if args.quick else []),
+             *([f"Stacks: Hugging Face Llama (SwiGLU, RMSNorm, rotary, head size 16, grouped-query attention "
+                "2:1 where the head count is even), through the model protocol.", ""] if s.family == "hf" else []),
              f"Bundled Shakespeare characters, context {s.block_size}, batch {s.batch}, {n_seeds} seed(s), "
              f"{args.threads} thread(s); everything trained from scratch per seed. **SN-Net v1**: anchors "
              + ", ".join(f"{s.depth} × {w}" for w, _ in s.anchors) + f", {S} steps each (lr {s.lr:g} → "
@@ -397,9 +419,13 @@ def render(args, s: Setting, mode: str, summary: dict, result: dict, n_seeds: in
 def _add_args(p) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads for every run (default 1: steadier on a busy 2-core machine)")
-    p.add_argument("--budget", choices=["flops", "steps"], default="flops",
+    p.add_argument("--family", choices=["gpt", "hf"], default="gpt",
+                   help="gpt: leantrain's GPT stacks (the committed figures); hf: Hugging Face Llama stacks "
+                   "(with --budget steps)")
+    p.add_argument("--budget", choices=["flops", "steps"], default=None,
                    help="flops (default): the two distillations together cost the training FLOPs of SN-Net's "
-                   "two narrower anchors; steps: each auxiliary trains as many steps as an anchor")
+                   "two narrower anchors; steps: each auxiliary trains as many steps as an anchor (default: "
+                   "flops; steps with --family hf)")
     p.add_argument("--keep-runs", action="store_true",
                    help="keep every run (checkpoints included) under OUT/runs/seed<N>/ (default: a temporary "
                    "directory), e.g. to `leantrain pool list` or `export` the benchmark's families")
@@ -408,7 +434,7 @@ def _add_args(p) -> None:
 @register_bench("pool", "SN-Net (three anchors) vs Learngene Pool (one ancestry, two auxiliaries): stored "
                 "parameters, sizes, build cost, every configuration's val loss vs FLOPs, Pareto fronts", _add_args)
 def run(args) -> int:
-    return run_setting(args, CPU)
+    return run_setting(args, SETTINGS[getattr(args, "family", "gpt")])
 
 
 def run_setting(args, s: Setting) -> int:
@@ -417,7 +443,7 @@ def run_setting(args, s: Setting) -> int:
         raise LeantrainError(f"--threads must be positive, got {args.threads}")
     mode = "quick" if args.quick else "full"
     seeds = seeds_for(args)
-    budget = getattr(args, "budget", "flops")
+    budget = getattr(args, "budget", None) or ("flops" if s.family == "gpt" else "steps")
     vocab = TextTask(TextConfig(**s.data)).vocab_size
     stderr_log(f"pool: SN-Net and Learngene Pool × {len(seeds)} seed(s), 7 runs each"
                + (" [--quick: short runs — a smoke test, not for quoting]" if args.quick else ""))

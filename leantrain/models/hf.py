@@ -205,14 +205,13 @@ class HFConfig:
 
 
 # ----------------------------------------------------------------------------------- the model
-CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "depth_change", "weight_roles",
-                          "export"})
+CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "stages", "depth_change",
+                          "weight_roles", "export"})
 WHY_NOT = {
     "unit_hooks": "its units are callable (capability units): HF's forward computes the masks and "
                   "position embeddings, recorded for the block units",
     "pipeline": "later pipeline stages would need the masks and rotary embeddings HF's forward computes "
                 "on the first stage (and tied embeddings span the first and last module)",
-    "stages": "HF's forward is left to run whole (its embedding/blocks/head are not separate entry points)",
 }
 
 
@@ -449,6 +448,28 @@ class HFModel(ModelProtocol, nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.layout.head(self.hf, h)
+
+    # -- stages (stitched families): embed records every block's context, run_block(s) use it
+    def run_blocks(self, h: torch.Tensor) -> torch.Tensor:
+        for i in range(len(self.blocks)):
+            h = self.run_block(i, h)
+        return h
+
+    def embed_parameters(self) -> list[nn.Parameter]:
+        """Parameters before the first block (token / position / patch embeddings, embedding norm)."""
+        return self.local_units(self._unit_shape()).params[0]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters after the last block (final norm, head; a tied matrix is the embedding's too)."""
+        units = self.local_units(self._unit_shape())
+        tied = units.tied_head_weight
+        return units.params[-1] + ([tied] if tied is not None else [])
+
+    def _unit_shape(self) -> tuple[int, ...]:
+        if self.task == "image_classification":
+            c = self.hf.config
+            return (c.num_channels, c.image_size, c.image_size)
+        return (self.config.block_size,)
 
     # -- dropout sites ---------------------------------------------------------------------------
     def dropout_sites(self) -> dict[str, tuple[int, ...]]:

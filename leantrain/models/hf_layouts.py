@@ -38,6 +38,8 @@ class Layout:
     """The input embedding's weight (empty: the model's ``get_input_embeddings()``)."""
     position_embedding: str | None = None
     positions_key = "max_position_embeddings"
+    final_norm_path: str | None = None
+    """The norm whose output the output layer reads (None: ``head_paths[0]``)."""
 
     # -- blocks
     def blocks(self, hf: nn.Module) -> nn.ModuleList:
@@ -115,7 +117,7 @@ class Layout:
         return WeightRoles(block_prefix=prefix, blocks=tuple(self.block_roles(c) for _ in self.blocks(hf)),
                            width=self.width(c), token_embedding=emb,
                            position_embedding=self.position_embedding and f"hf.{self.position_embedding}",
-                           final_norm=f"hf.{self.head_paths[0]}", output=out_name, tied=tied)
+                           final_norm=f"hf.{self.final_norm_path or self.head_paths[0]}", output=out_name, tied=tied)
 
     def block_roles(self, c) -> BlockRoles:
         raise NotImplementedError
@@ -186,6 +188,7 @@ class BertLayout(Layout):
     sites = {"embedding": ("bert.embeddings.dropout", "p"), "attention": ("attention.self.dropout", "p"),
              "residual": ("attention.output.dropout", "p"), "mlp": ("output.dropout", "p")}
     head_paths = ("cls",)
+    final_norm_path = "cls.predictions.transform.LayerNorm"  # post-norm blocks: the MLM head's norm
     embedding_path = "bert.embeddings"
     position_embedding = "bert.embeddings.position_embeddings.weight"
 

@@ -56,7 +56,9 @@ capabilities. The capabilities and what each promises (the rest of this file def
     ``embed(x) -> h``, ``run_blocks(h) -> h`` and ``head(h) -> logits``: ``forward`` is
     ``head(run_blocks(embed(x)))`` plus the loss (stitching, distillation, stitch init);
     ``embed_parameters()`` / ``head_parameters()``: the parameters ``embed`` / ``head`` use (a tied
-    matrix appears in both).
+    matrix appears in both). Optional ``run_block(i, h)``: block ``i`` alone, for models whose blocks
+    take context from the forward besides the hidden state (masks, rotary embeddings: Hugging Face) —
+    valid after this model's ``embed`` of the same batch; without it ``blocks[i](h)`` is called.
 ``depth_change``
     ``set_blocks(blocks)``: replace the ordered blocks (fewer, more, copies) and run the model's
     after-depth-change hook (renumber per-layer indices, update the config's layer count and its

@@ -1,5 +1,7 @@
-"""The ``grow`` method: the recipe's model is the *target*; ``source`` is a trained smaller GPT whose
-weights a growth operator maps into it before the target trains normally.
+"""The ``grow`` method: the recipe's model is the *target*; ``source`` is a trained smaller model whose
+weights a growth operator maps into it before the target trains normally. leantrain's GPT uses the
+operators of ``copying.py`` / ``mango.py`` / ``ligo.py`` / ``msg.py``; any other model that declares
+weight roles (``hf``) the same operators through its roles (``roles.py``).
 
 * Copy operators (fpi, aki, stackbert, gstack, net2net) and MSG grow once, in ``setup``: the target
   holds the grown weights before the optimizer exists, and the run's first evaluation (step 0) is
@@ -18,6 +20,7 @@ operator and its moments. Method card: README.md in this folder.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +38,7 @@ from .ligo import LiGOOperator
 from .mango import MangoOperator
 from .msg import MSGGrowth, MSGMasks, carry_adam_state, msg_grow, ramp_value
 from .phase import OperatorPhase
+from . import roles as role_growth
 
 OPERATORS = ("mango", "ligo", "fpi", "aki", "stackbert", "gstack", "msg", "net2net")
 TRAINED = ("mango", "ligo")
@@ -55,8 +59,9 @@ APPLIES = {"operator_steps": TRAINED, "operator_lr": TRAINED, "operator_warmup":
 @dataclass
 class GrowConfig:
     source: str | None = None
-    """Run or checkpoint directory of the trained smaller gpt to grow from (same data and vocabulary).
-    Read once, when a fresh run starts; resuming or loading the grown run does not need it."""
+    """Run or checkpoint directory of the trained smaller model to grow from (same model name, data and
+    vocabulary; for an hf target also a save_pretrained directory of the same family). Read once, when
+    a fresh run starts; resuming or loading the grown run does not need it."""
     operator: Literal["mango", "ligo", "fpi", "aki", "stackbert", "gstack", "msg", "net2net"] = "mango"
     """mango, ligo: trained operators (an operator phase first); fpi, aki (bert2BERT), stackbert,
     gstack, net2net: copies; msg: masked, function-preserving growth with a ramp. See the card."""
@@ -151,42 +156,112 @@ def growable(model: torch.nn.Module) -> bool:
     return protocol.supports(model, "blocks", "depth_change", "weight_roles")
 
 
-def read_source(path: str, state: State) -> tuple[GPT, dict, dict[str, torch.Tensor]]:
-    """The source GPT (on the run's device, eval mode), its record (provenance and training cost)
-    and its optimizer tensors; every problem is a one-line ConfigError naming methods.grow.source."""
+def read_source(path: str, state: State) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
+    """The source model (on the run's device, eval mode), its record (provenance and training cost)
+    and its optimizer tensors; every problem is a one-line ConfigError naming methods.grow.source.
+
+    A gpt run grows a gpt; any other model (``hf``) grows from a leantrain run of the same model name
+    or — for ``hf`` — a plain ``save_pretrained`` directory (no training cost or vocabulary is known
+    for it; the token-id space is checked by shape)."""
     from ...core.loading import load_trained
 
     def bad(msg: str) -> ConfigError:
         return ConfigError(f"methods.grow.source: {msg}")
+    ours = state.recipe.model_name
+    if ours != "gpt" and (Path(path) / "config.json").is_file() and not checkpoint_like(path):
+        return read_pretrained_source(path, state)
     try:
         meta = checkpoint.read_meta(path)
     except LeantrainError as e:
         raise bad(str(e)) from None
     recipe = meta.get("recipe", {})
     family = recipe.get("model", {}).get("name", "gpt")
-    if family != "gpt":
-        raise bad(f"{path} holds a {family!r} model; grow maps a gpt into a gpt")
+    if family != ours:
+        into = "a gpt into a gpt" if ours == "gpt" else f"a model into one of the same kind ({ours!r})"
+        raise bad(f"{path} holds a {family!r} model; grow maps {into}")
     data = recipe.get("data", {}).get("name", "text")
     if data != state.recipe.data_name:
         raise bad(f"{path} was trained on data {data!r}, this run uses {state.recipe.data_name!r}")
-    ours, theirs = state.data.meta().get("vocab"), meta.get("vocab")
-    if ours != theirs:
+    ours_vocab, theirs = state.data.meta().get("vocab"), meta.get("vocab")
+    if ours_vocab != theirs:
         n = lambda v: "no" if v is None else len(v)  # noqa: E731
-        raise bad(f"{path} was trained on another vocabulary ({n(theirs)} symbols; this run's data has {n(ours)}, "
-                  "and the token ids must mean the same)")
+        raise bad(f"{path} was trained on another vocabulary ({n(theirs)} symbols; this run's data has "
+                  f"{n(ours_vocab)}, and the token ids must mean the same)")
     try:
         with torch.random.fork_rng(devices=[]):  # rebuilding the source does not move the run's random stream
             trained = load_trained(path)
     except LeantrainError as e:
         raise bad(str(e)) from None
     if not growable(trained.model):
-        raise bad(f"{path} holds a {type(trained.model).__name__}, not a plain gpt")
-    check_layout(trained.model, "methods.grow.source")
+        raise bad(f"{path} holds a {type(trained.model).__name__}, not a plain {ours}")
+    if not by_roles(trained.model):
+        check_layout(trained.model, "methods.grow.source")
     device = next(state.model.parameters()).device
     record = {"path": str(trained.ckpt.path), "step": meta["step"], "model_sha256": meta["sha256"]["model"],
-              "config": to_dict(trained.model.config),
+              "config": source_config(trained.model),
               "train_flops": meta["flops"] * meta.get("world_size", 1), "wall_seconds": meta["seconds"]}
     return trained.model.to(device), record, trained.ckpt.optimizer
+
+
+def by_roles(model: torch.nn.Module) -> bool:
+    """Whether growth addresses ``model`` through its weight roles (every model but leantrain's gpt,
+    whose operators keep their own tensor layout and so their committed numbers)."""
+    return not isinstance(model, GPT)
+
+
+def checkpoint_like(path: str) -> bool:
+    """Whether ``path`` is a leantrain run or checkpoint directory (rather than a save_pretrained one)."""
+    try:
+        checkpoint.resolve(path)
+    except LeantrainError:
+        return False
+    return True
+
+
+def source_config(model: torch.nn.Module) -> dict:
+    """The source's config as the run's state keeps it: a gpt's GPTConfig; an hf model's leantrain
+    config with the transformers config inlined (rebuilding it never needs the source directory)."""
+    cfg = to_dict(model.config)
+    hf = getattr(model, "hf", None)
+    if hf is not None:
+        cfg |= {"path": None, "config": {k: v for k, v in hf.config.to_diff_dict().items()
+                                          if k != "transformers_version"}}
+    return cfg
+
+
+def read_pretrained_source(path: str, state: State):
+    """An ``hf`` source from a plain save_pretrained directory."""
+    from ...models.hf import HFConfig, HFModel, build_hf_model
+    cfg = HFConfig(path=str(path), block_size=state.model.config.block_size,
+                   attn_implementation=state.model.config.attn_implementation)
+    try:
+        cfg.validate()
+        if cfg.task != state.model.config.task:
+            raise ConfigError(f"{path} holds a {cfg.model_type} ({cfg.task.replace('_', ' ')}) model, the run's "
+                              f"model is a {state.model.config.task.replace('_', ' ')} model")
+        with torch.random.fork_rng(devices=[]):
+            model = HFModel(build_hf_model(cfg), cfg)
+    except LeantrainError as e:
+        raise ConfigError(f"methods.grow.source: {str(e).removeprefix('methods.grow.source: ')}") from None
+    import hashlib
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    device = next(state.model.parameters()).device
+    record = {"path": str(path), "step": None, "model_sha256": digest.hexdigest(), "config": source_config(model),
+              "train_flops": 0.0, "wall_seconds": 0.0}
+    return model.to(device).eval(), record, {}
+
+
+def rebuild_source(record: dict, tensors: dict[str, torch.Tensor], device) -> torch.nn.Module:
+    """The source model from its record and saved weights (a resumed operator phase)."""
+    from ...models.hf import HFConfig, HFModel, build_hf_model
+    cfg = HFConfig(**record["config"])
+    with torch.random.fork_rng(devices=[]):
+        model = HFModel(build_hf_model(cfg), cfg).to(device)
+    load_tensors(model, tensors)
+    return model.eval()
 
 
 def source_moments(tensors: dict[str, torch.Tensor], path: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -204,7 +279,8 @@ def source_moments(tensors: dict[str, torch.Tensor], path: str) -> dict[str, dic
 # ------------------------------------------------------------------------------------ the method
 @register_method
 class Grow(Method):
-    """Grow the recipe's gpt from a trained smaller one: Mango, LiGO, FPI/AKI, StackBERT, G_stack, MSG, Net2Net."""
+    """Grow the recipe's model (gpt, or hf through its weight roles) from a trained smaller one: Mango, LiGO,
+    FPI/AKI, StackBERT, G_stack, MSG, Net2Net."""
     name = "grow"
     Config = GrowConfig
     kind = "surgery"
@@ -235,14 +311,22 @@ class Grow(Method):
     # -- lifecycle -----------------------------------------------------------------------------
     def check(self, state: State) -> None:
         cfg, t = self.cfg, state.recipe.train
-        if state.recipe.model_name != "gpt" or not growable(state.model):
-            reason = protocol.adapt(state.model).why_not("weight_roles")
-            raise ConfigError(f"methods.grow: grows a gpt; the recipe's model is {state.recipe.model_name!r}"
+        if not growable(state.model):
+            view = protocol.adapt(state.model)
+            reason = next((r for c in ("blocks", "depth_change", "weight_roles") if c not in view.capabilities()
+                           for r in [view.why_not(c)] if r), None)
+            raise ConfigError("methods.grow: grows a gpt, or a model that declares blocks, depth changes and "
+                              f"weight roles (hf); the recipe's model {state.recipe.model_name!r} does not"
                               + (f" ({reason})" if reason else ""))
-        check_layout(state.model, "methods.grow")
+        if by_roles(state.model):
+            if cfg.optimizer_state == "carry":
+                raise ConfigError(f"methods.grow.optimizer_state: carry is implemented for gpt only; use reset on "
+                                  f"a {state.recipe.model_name!r} model")
+        else:
+            check_layout(state.model, "methods.grow")
         if cfg.source is None:
             raise ConfigError("methods.grow.source: give the run or checkpoint directory of the trained "
-                              "smaller gpt to grow from")
+                              "smaller model to grow from")
         if cfg.phase_steps >= t.max_steps:
             raise ConfigError(f"methods.grow.operator_steps: {cfg.phase_steps} operator steps leave none of "
                               f"train.max_steps={t.max_steps} to train the grown target")
@@ -260,6 +344,9 @@ class Grow(Method):
         cfg, target = self.cfg, state.model.config
         source, self.source, moments = read_source(cfg.source, state)
         gen = torch.Generator().manual_seed(state.recipe.train.seed)
+        if by_roles(state.model):
+            self._setup_by_roles(state, source, gen)
+            return
         if cfg.operator in TRAINED:
             device = next(state.model.parameters()).device
             self.phase = OperatorPhase(self._operator(source, target, gen).to(device), source_tensors(source),
@@ -277,6 +364,36 @@ class Grow(Method):
             if cfg.optimizer_state == "carry":
                 self._carried = self._copied_moments(source_moments(moments, cfg.source), source.config, target)
         self.grown = cfg.operator not in TRAINED
+
+    def _setup_by_roles(self, state: State, source: torch.nn.Module, gen: torch.Generator) -> None:
+        """Any other growable model (hf): the operators through its weight roles (``roles.py``)."""
+        cfg = self.cfg
+        src, tgt = role_growth.role_layout(source, "methods.grow"), role_growth.role_layout(state.model, "methods.grow")
+        self.source["roles"] = src.summary()
+        tensors = role_growth.source_tensors(source)
+        if cfg.operator in TRAINED:
+            device = next(state.model.parameters()).device
+            self.phase = OperatorPhase(self._role_operator(src, tgt, tensors, gen).to(device), tensors,
+                                       **self._options)
+            self.phase.sync(state.model)
+        elif cfg.operator == "msg":
+            out, self.msg_blocks = role_growth.msg_grow(src, tgt, tensors, std=cfg.init_std,
+                                                        new_blocks=cfg.new_blocks, generator=gen)
+            load_tensors(state.model, out)
+            self._attach_masks(state.model, 0.0)
+        else:
+            load_tensors(state.model, role_growth.grow_copy(cfg.operator, src, tgt, tensors, mapping=cfg.mapping,
+                                                            noise=cfg.init_noise if cfg.operator == "net2net" else 0.0,
+                                                            g=cfg.g, generator=gen))
+        self.grown = cfg.operator not in TRAINED
+
+    def _role_operator(self, src, tgt, tensors, gen):
+        cfg = self.cfg
+        if cfg.operator == "mango":
+            return role_growth.RoleMango(src, tgt, tensors, rank=cfg.rank, noise=cfg.init_noise, mapping=cfg.mapping,
+                                         generator=gen)
+        return role_growth.RoleLiGO(src, tgt, tensors, depth_init=cfg.depth_init, width_init=cfg.width_init,
+                                    noise=cfg.init_noise, generator=gen)
 
     def restore(self, state: State) -> None:
         if self.mask_value is not None:  # MSG's ramp was running: the same masks at the same value
@@ -320,6 +437,11 @@ class Grow(Method):
         return {k: {slot: v.clone() for slot, v in s.items()} for k, s in out.items()}
 
     def _attach_masks(self, model: GPT, value: float) -> None:
+        if by_roles(model):
+            self.masks = role_growth.RoleMasks(self.source["roles"], value)
+            self.masks.attach(model)
+            self.mask_value = value
+            return
         growth = MSGGrowth(GPTConfig(**self.source["config"]), model.config, list(self.msg_blocks))
         self.masks = MSGMasks(growth, value)
         self.masks.attach(model)
@@ -435,6 +557,15 @@ class Grow(Method):
         model = self._model
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(0)  # any init: the saved parameters replace it
+        if by_roles(model):
+            source_part = {k[len("source/"):]: v.to(device) for k, v in tensors.items() if k.startswith("source/")}
+            source = rebuild_source(self.source, source_part, device)
+            src, tgt = role_growth.role_layout(source), role_growth.role_layout(model)
+            self.phase = OperatorPhase.from_tensors(
+                tensors, None, device, lambda _: self._role_operator(src, tgt, source_part, gen).to(device),
+                source_model=source, **self._options)
+            self.phase.sync(model)
+            return
         self.phase = OperatorPhase.from_tensors(
             tensors, GPTConfig(**self.source["config"]), device,
             lambda source: self._operator(source, model.config, gen).to(device), **self._options)
@@ -442,12 +573,18 @@ class Grow(Method):
 
     # -- reporting -----------------------------------------------------------------------------
     def describe(self, state: State) -> str:
-        s, t = self.source["config"], state.model.config
         what = f"grow: {self.cfg.operator}"
         if self.cfg.operator == "mango":
             what += f" R={self.cfg.rank}"
-        what += (f" from {self.source['path']} (step {self.source['step']}): {s['n_layer']}×{s['n_embd']} "
-                 f"({s['n_head']} heads) → {t.n_layer}×{t.n_embd} ({t.n_head} heads)")
+        if "roles" in self.source:
+            s, t = self.source["roles"], role_growth.role_layout(state.model).summary()
+            shape = lambda r: f"{r['n_layer']}×{r['width']} ({r['n_head'][0]} heads)"  # noqa: E731
+            step = "save_pretrained" if self.source["step"] is None else f"step {self.source['step']}"
+            what += f" from {self.source['path']} ({step}): {shape(s)} → {shape(t)}"
+        else:
+            s, t = self.source["config"], state.model.config
+            what += (f" from {self.source['path']} (step {self.source['step']}): {s['n_layer']}×{s['n_embd']} "
+                     f"({s['n_head']} heads) → {t.n_layer}×{t.n_embd} ({t.n_head} heads)")
         if self.cfg.operator in TRAINED:
             n = f"{self.phase.operator.num_parameters():,} parameters, " if self.phase is not None else ""
             what += (f"; operator ({n}{self.cfg.phase_steps} steps, lr {self.cfg.operator_lr:g}, "

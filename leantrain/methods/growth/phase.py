@@ -104,12 +104,15 @@ class OperatorPhase:
 
     @classmethod
     def from_tensors(cls, tensors: Tensors, source_cfg: GPTConfig, device: torch.device,
-                     make_operator: Callable[[GPT], GrowthOperator], **options) -> "OperatorPhase":
+                     make_operator: Callable[[GPT], GrowthOperator], source_model=None,
+                     **options) -> "OperatorPhase":
         """Rebuild a phase saved by :meth:`tensors` (``make_operator(source)`` gives an operator of the
-        saved shape; its parameters and moments are then replaced by the saved ones)."""
+        saved shape; its parameters and moments are then replaced by the saved ones). ``source_model``:
+        the source already rebuilt (any model; otherwise a GPT of ``source_cfg``)."""
         part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         source = {k: v.to(device) for k, v in part("source/").items()}
-        operator = make_operator(gpt_from_tensors(source_cfg, source, device))
+        operator = make_operator(source_model if source_model is not None else
+                                 gpt_from_tensors(source_cfg, source, device))
         operator.load_state_dict(part("operator/"))
         phase = cls(operator, source, **options)
         params = dict(operator.named_parameters())

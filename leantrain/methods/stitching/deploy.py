@@ -4,14 +4,20 @@ with no pool code: its recipe names model ``stitched_gpt`` and no methods."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import to_dict
+import torch
+
+from ...config import check, to_dict
 from ...core import checkpoint
 from ...core.loading import load_trained
 from ...errors import LeantrainError
+from ...registry import register_model
 from .family import StitchedFamily
+from .routes import Route, Segment, parse_stitch_key, stitch_key
 from .pareto import dominated, pick_within_budget
 from .sources import method_state
 
@@ -75,8 +81,13 @@ def export(run: str | Path, out: str | Path, config: int | None = None, max_flop
         raise LeantrainError(f"--out {out} already holds a checkpoint; choose another directory")
     config_id = choose(fr, config, max_flops, max_params)
     row = fr.rows()[config_id]
-    model = fr.family.materialize(config_id)
-    recipe = {**fr.meta["recipe"], "model": {"name": "stitched_gpt", **to_dict(model.config)}, "methods": []}
+    if fr.family.gpt_stacks:
+        model = fr.family.materialize(config_id)
+        spec = {"name": "stitched_gpt", **to_dict(model.config)}
+    else:  # stacks leantrain does not own (hf): the route's stacks and stitches as a one-route family
+        model = one_route(fr.family, config_id)
+        spec = {"name": "stitched_route", "spec": model.spec(), "block_size": fr.family.block_size}
+    recipe = {**fr.meta["recipe"], "model": spec, "methods": []}
     source = {"run": str(fr.path), "step": fr.meta["step"], "method": fr.method, **row}
     meta = {"recipe": recipe, **({"vocab": fr.meta["vocab"]} if "vocab" in fr.meta else {}), "world_size": 1,
             "val_loss": row["val_loss"], "best_val_loss": row["val_loss"], "methods": [], "exported_from": source}
@@ -84,6 +95,98 @@ def export(run: str | Path, out: str | Path, config: int | None = None, max_flop
     checkpoint.save(out, fr.meta["step"], meta, {"model": checkpoint.model_tensors(model), "optimizer": {}, "rng": {}})
     checkpoint.write_text_atomic(out / "config.json", json.dumps(recipe, indent=1))
     return source
+
+
+# ------------------------------------------------------------------- families of other models (hf)
+def one_route(family: StitchedFamily, config_id: int) -> StitchedFamily:
+    """Configuration ``config_id`` as a family of exactly that route: the stacks it passes through
+    (whole: a stack's modules are kept as they are) and its stitch layers, renumbered."""
+    r = family.route(config_id)
+    used = list(dict.fromkeys(s.stack for s in r.segments))
+    new = {old: i for i, old in enumerate(used)}
+    keys = {}
+    for k in r.stitches:
+        a, b, layer = parse_stitch_key(k)
+        keys[k] = stitch_key(new[a], new[b], layer)
+    route = Route(r.kind, tuple(Segment(new[s.stack], s.start, s.stop) for s in r.segments),
+                  tuple(keys[k] for k in r.stitches))
+    with torch.random.fork_rng(devices=[]):
+        out = StitchedFamily.from_spec({**family.spec(), "labels": [family.labels[i] for i in used],
+                                        "stacks": [family.spec()["stacks"][i] for i in used],
+                                        "routes": [{"kind": route.kind,
+                                                    "segments": [[s.stack, s.start, s.stop] for s in route.segments],
+                                                    "stitches": list(route.stitches)}]})
+    out.to(next(family.parameters()).device)
+    with torch.no_grad():
+        for old, i in new.items():
+            out.stacks[i].load_state_dict(family.stacks[old].state_dict())
+        for k, nk in keys.items():
+            out.stitches[nk].load_state_dict(family.stitches[k].state_dict())
+    out.active = 0
+    return out.eval()
+
+
+@dataclass
+class StitchedRouteConfig:
+    spec: dict | None = None
+    """The structure of a one-route family (``StitchedFamily.spec()``): the stacks' configs (models
+    leantrain does not own, e.g. hf), the stitch layers, the route. Written by `leantrain export`."""
+    block_size: int = 64
+    """Context length in tokens (the family's)."""
+
+    def validate(self) -> None:
+        check(isinstance(self.spec, dict) and len(self.spec.get("routes", [])) == 1, "spec",
+              "must be the structure of a family with exactly one route (written by leantrain export)")
+
+    def adapt_to_data(self, info) -> None:
+        """The stacks' configs fix the vocabulary: nothing to fill in."""
+
+
+@register_model("stitched_route", config=StitchedRouteConfig, task="lm")
+def stitched_route(cfg: StitchedRouteConfig) -> StitchedFamily:
+    """An exported configuration of a family whose stacks are not leantrain GPTs: the family engine,
+    one route (``load_trained`` / ``evaluate`` load it with its stacks' own code: transformers)."""
+    family = StitchedFamily.from_spec(cfg.spec)
+    family.active = 0
+    return family
+
+
+def export_hf(run: str | Path, out: str | Path, config: int | None = None, max_flops: float | None = None,
+              max_params: int | None = None) -> dict:
+    """``export --format hf`` of a family's configuration: one that is a single anchor / instance (one
+    segment over a whole stack) is that stack's model, written with save_pretrained (and the run's
+    tokenizer); a stitched route is refused with the reason."""
+    from ...export import char_tokenizer
+    fr = load_family(run)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LeantrainError(f"--out {out} already exists and is not an empty directory; name a new one")
+    config_id = choose(fr, config, max_flops, max_params)
+    r, fam = fr.family.route(config_id), fr.family
+    seg = r.segments[0]
+    if len(r.segments) > 1:
+        raise LeantrainError(f"export --format hf: configuration {config_id} ({fam.describe(config_id)}) joins "
+                             "segments of different widths with stitch layers, which no transformers model class "
+                             "holds (every layer of one has the same width); export it with --format leantrain")
+    stack = fam.stacks[seg.stack]
+    view = getattr(stack, "export_pretrained", None)
+    if view is None or (seg.start, seg.stop) != (0, fam.depth(seg.stack)):
+        raise LeantrainError(f"export --format hf: configuration {config_id} ({fam.describe(config_id)}) is not a "
+                             "whole Hugging Face stack; export it with --format leantrain")
+    checkpoint.ensure_dir(out.parent, "directory of --out")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        stack.export_pretrained(tmp)
+        if "vocab" in fr.meta:
+            char_tokenizer(fr.meta["vocab"], fr.meta.get("mask_token_id")).save_pretrained(str(tmp))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "id": config_id, "route": fam.describe(config_id),
+            "architecture": type(stack.hf).__name__, "params": fam.config_params(config_id)}
 
 
 def _count(n: float) -> str:

@@ -84,7 +84,7 @@ class StitchedFamily(nn.Module):
     def __init__(self, stacks: Sequence[GPT], routes: Sequence[Route], labels: Sequence[str] | None = None,
                  scheme: str = "", lora_rank: int = 0, lora_alpha: float = 1.0):
         super().__init__()
-        self.labels = list(labels) if labels else [f"w{s.config.n_embd}" for s in stacks]
+        self.labels = list(labels) if labels else [f"w{stack_width(s)}" for s in stacks]
         _check_compatible(stacks, self.labels)
         self.stacks = nn.ModuleList(stacks)
         self.routes = list(routes)
@@ -114,7 +114,7 @@ class StitchedFamily(nn.Module):
 
     # -- the family's shape ----------------------------------------------------------------------
     def width(self, stack: int) -> int:
-        return self.stacks[stack].config.n_embd
+        return stack_width(self.stacks[stack])
 
     def depth(self, stack: int) -> int:
         return len(self.stacks[stack].blocks)
@@ -146,11 +146,21 @@ class StitchedFamily(nn.Module):
         """(logits, loss) of one configuration, on the family's own weights (gradients reach them)."""
         r = self.route(config_id)
         x = self.stacks[r.segments[0].stack].embed(idx)
+        embedded = {r.segments[0].stack}
         for n, seg in enumerate(r.segments):
             if n > 0:
                 x = self.stitches[r.stitches[n - 1]](x)
-            for block in self.stacks[seg.stack].blocks[seg.start:seg.stop]:
-                x = block(x)
+            stack = self.stacks[seg.stack]
+            run_block = getattr(stack, "run_block", None)  # blocks that take the forward's context (hf)
+            if run_block is None:
+                for block in stack.blocks[seg.start:seg.stop]:
+                    x = block(x)
+                continue
+            if seg.stack not in embedded:  # this stack's own masks / rotary embeddings for the batch
+                stack.embed(idx)
+                embedded.add(seg.stack)
+            for i in range(seg.start, seg.stop):
+                x = run_block(i, x)
         logits = self.stacks[r.segments[-1].stack].head(x)
         if targets is None:
             return logits, None
@@ -161,8 +171,16 @@ class StitchedFamily(nn.Module):
         return ("stitched", self.active)
 
     # -- export ----------------------------------------------------------------------------------
+    @property
+    def gpt_stacks(self) -> bool:
+        """Whether the stacks are leantrain GPTs (a configuration then exports as a ``stitched_gpt``)."""
+        return all(isinstance(s, GPT) for s in self.stacks)
+
     def model_config(self, config_id: int) -> StitchedGPTConfig:
         """The standalone model's recipe (``model:`` section of an exported checkpoint)."""
+        if not self.gpt_stacks:
+            raise LeantrainError(f"configuration {config_id}: a stitched_gpt holds GPT blocks; this family's "
+                                 f"stacks are {type(self.stacks[0]).__name__}s")
         r = self.route(config_id)
         cfgs = [self.stacks[s.stack].config for s in r.segments]
         first = cfgs[0]
@@ -209,6 +227,16 @@ class StitchedFamily(nn.Module):
 
     def config_flops(self, config_id: int, seq_len: int | None = None) -> int:
         """Measured inference FLOPs of one forward of the exported model on one sequence."""
+        if not self.gpt_stacks:  # measured on the family itself, running only this configuration
+            key = ("family", config_id, seq_len or self.block_size)
+            if key not in self.__dict__.setdefault("_flops", {}):
+                active, self.active = self.active, config_id
+                try:
+                    self._flops[key] = forward_flops(self, torch.zeros(1, key[2], dtype=torch.long,
+                                                                       device=next(self.parameters()).device))
+                finally:
+                    self.active = active
+            return self._flops[key]
         cfg = self.model_config(config_id)
         return _route_flops(tuple(cfg.n_layer), tuple(cfg.n_head), tuple(cfg.n_embd), cfg.block_size,
                             cfg.vocab_size, cfg.bias, cfg.tie_head, seq_len or cfg.block_size)
@@ -221,17 +249,43 @@ class StitchedFamily(nn.Module):
     def spec(self) -> dict:
         """JSON-serialisable structure: stacks' GPT configs, labels, routes, stitch options. With the
         family's tensors, :meth:`from_spec` rebuilds it exactly (configuration ids included)."""
-        return {"scheme": self.scheme, "labels": self.labels, "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha, "stacks": [to_dict(s.config) for s in self.stacks],
+        other = {} if self.gpt_stacks else {"stack_model": "hf"}
+        return {"scheme": self.scheme, "labels": self.labels, "lora_rank": self.lora_rank, **other,
+                "lora_alpha": self.lora_alpha, "stacks": [stack_config(s) for s in self.stacks],
                 "routes": [{"kind": r.kind, "segments": [[s.stack, s.start, s.stop] for s in r.segments],
                             "stitches": list(r.stitches)} for r in self.routes]}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "StitchedFamily":
-        stacks = [GPT(build(GPTConfig, c, f"stacks[{i}]")) for i, c in enumerate(spec["stacks"])]
+        if spec.get("stack_model", "gpt") == "hf":
+            from ...models.hf import HFConfig, HFModel, build_hf_model
+            stacks = []
+            for c in spec["stacks"]:
+                cfg = HFConfig(**c)
+                stacks.append(HFModel(build_hf_model(cfg), cfg))
+        else:
+            stacks = [GPT(build(GPTConfig, c, f"stacks[{i}]")) for i, c in enumerate(spec["stacks"])]
         routes = [Route(r["kind"], tuple(Segment(*s) for s in r["segments"]), tuple(r["stitches"]))
                   for r in spec["routes"]]
         return cls(stacks, routes, spec["labels"], spec["scheme"], spec["lora_rank"], spec["lora_alpha"])
+
+
+def stack_width(stack: nn.Module) -> int:
+    """A stack's residual width: its weight roles' (a model without them: its config's n_embd, so that
+    the family's checks name the capability it lacks)."""
+    if not protocol.supports(stack, "weight_roles") and hasattr(getattr(stack, "config", None), "n_embd"):
+        return stack.config.n_embd
+    return protocol.require(stack, "weight_roles", "stitched family").weight_roles().width
+
+
+def stack_config(stack: nn.Module) -> dict:
+    """What rebuilds a stack: a GPT's config; an hf model's with its transformers config inlined."""
+    cfg = to_dict(stack.config)
+    hf = getattr(stack, "hf", None)
+    if hf is not None:
+        cfg |= {"path": None, "config": {k: v for k, v in hf.config.to_diff_dict().items()
+                                          if k != "transformers_version"}}
+    return cfg
 
 
 _FLOPS_CACHE: dict[tuple, int] = {}
@@ -258,18 +312,22 @@ def _check_compatible(stacks: Sequence[GPT], labels: Sequence[str]) -> None:
             protocol.require(s, capability, f"stack {label}")
     c0 = stacks[0].config
     for label, s in zip(labels, stacks):
+        if type(s) is not type(stacks[0]) or getattr(s.config, "model_type", None) != getattr(c0, "model_type", None):
+            raise ConfigError(f"stitched stacks must be one kind of model: {labels[0]} is a "
+                              f"{getattr(c0, 'model_type', type(stacks[0]).__name__)}, {label} a "
+                              f"{getattr(s.config, 'model_type', type(s).__name__)}")
         for key, what in (("vocab_size", "one vocabulary"), ("block_size", "one context length"),
                           ("bias", "one bias setting")):
-            if getattr(s.config, key) != getattr(c0, key):
+            if getattr(s.config, key, None) != getattr(c0, key, None):
                 raise ConfigError(f"stitched stacks must share {what}: {labels[0]} has {key}="
-                                  f"{getattr(c0, key)}, {label} has {key}={getattr(s.config, key)}")
+                                  f"{getattr(c0, key, None)}, {label} has {key}={getattr(s.config, key, None)}")
 
 
 def _by_width(stacks: Sequence[GPT], labels: Sequence[str] | None) -> tuple[list[GPT], list[str]]:
-    labels = list(labels) if labels else [f"w{s.config.n_embd}" for s in stacks]
+    labels = list(labels) if labels else [f"w{stack_width(s)}" for s in stacks]
     if len(labels) != len(stacks):
         raise ConfigError(f"{len(labels)} labels for {len(stacks)} stacks")
-    order = sorted(range(len(stacks)), key=lambda i: stacks[i].config.n_embd)  # stable for equal widths
+    order = sorted(range(len(stacks)), key=lambda i: stack_width(stacks[i]))  # stable for equal widths
     return [stacks[i] for i in order], [labels[i] for i in order]
 
 
@@ -280,7 +338,7 @@ def snnet_family(anchors: Sequence[GPT], version: str = "v1", window: int = 2, s
     multiples of each other). The anchors' modules become the family's stacks (not copied), in
     ascending width. Stitch layers keep PyTorch's default init until :func:`init_least_squares`."""
     stacks, labels = _by_width(anchors, labels)
-    widths, depths = [s.config.n_embd for s in stacks], [len(s.blocks) for s in stacks]
+    widths, depths = [stack_width(s) for s in stacks], [len(s.blocks) for s in stacks]
     if version == "v1":
         routes = snnet_v1_routes(widths, depths, window, stride, "nearest", labels)
     elif version == "v2":
@@ -296,6 +354,6 @@ def learngene_pool(instances: Sequence[GPT], window: int = 2, stride: int = 1, p
     blocks are the instances; descendants stitch a narrower model's first blocks to a wider one's
     last blocks. Initialise the stitches with :func:`init_learned` (or :func:`init_least_squares`)."""
     stacks, labels = _by_width(instances, labels)
-    routes = learngene_routes([s.config.n_embd for s in stacks], [len(s.blocks) for s in stacks],
+    routes = learngene_routes([stack_width(s) for s in stacks], [len(s.blocks) for s in stacks],
                               window, stride, pairs, labels)
     return StitchedFamily(stacks, routes, labels, "learngene", 0, 1.0)

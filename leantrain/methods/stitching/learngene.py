@@ -53,8 +53,8 @@ def record_features(model: GPT, blocks: Sequence[int]) -> Iterator[dict[str, dic
     rec: dict[str, dict[int, torch.Tensor]] = {"hidden": {}, "attn": {}}
 
     def keep(kind: str, i: int):
-        def hook(module, args, output):
-            rec[kind][i] = output
+        def hook(module, args, output):  # hf modules return (hidden, attention weights, ...) tuples
+            rec[kind][i] = output[0] if isinstance(output, tuple) else output
         return hook
 
     view = protocol.require(model, "weight_roles", "learngene distillation")
@@ -95,13 +95,14 @@ class LearngeneDistillation(nn.Module):
     def __init__(self, student: GPT, teacher_width: int, teacher_blocks: int, points: int = 3,
                  alpha: float = 0.1, temperature: float = 1.0):
         super().__init__()
-        if student.config.n_embd > teacher_width:
+        from .family import stack_width
+        c_s = stack_width(student)
+        if c_s > teacher_width:
             raise ConfigError(f"the ancestry (n_embd={teacher_width}) is narrower than its auxiliary model "
-                              f"(n_embd={student.config.n_embd})")
+                              f"(n_embd={c_s})")
         self.student = student
         self.pairs = matched_blocks(len(student.blocks), teacher_blocks, points)
         self.alpha, self.temperature = alpha, temperature
-        c_s = student.config.n_embd
         self.hidden_proj = nn.ModuleList(nn.Linear(teacher_width, c_s) for _ in self.pairs)
         self.attn_proj = nn.ModuleList(nn.Linear(teacher_width, c_s) for _ in self.pairs)
         self.parts: dict[str, torch.Tensor] = {}  # the last distillation loss's terms, for logging

@@ -23,11 +23,12 @@ from ...errors import ConfigError
 from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...registry import register_method
-from .family import StitchedFamily, learngene_pool, snnet_family
+from .family import StitchedFamily, learngene_pool, snnet_family, stack_width
 from .learngene import LearngeneDistillation, auxiliary_config, soft_distillation_loss
 from .routes import V2_KINDS
 from .sampling import flops_bins, sample_config
-from .sources import identity, load_recorded, method_state, read_source
+from .sources import (STACK_MODELS, identity, is_pretrained_dir, load_recorded, method_state, pretrained_stack,
+                      read_source)
 from .stitch_init import init_learned, init_least_squares
 
 
@@ -200,7 +201,8 @@ class FamilyMethod(Method):
 @dataclass
 class SNNetConfig(FamilyOptions):
     anchors: list[str] = field(default_factory=list)
-    """Run directories of the trained anchors (at least two): gpt runs on this run's data with the
+    """Run directories of the trained anchors (at least two; hf anchors may also be save_pretrained
+    directories, e.g. written by export --format hf): gpt or hf runs on this run's data with the
     recipe's model.block_size and one bias setting; v1 needs one depth, v2 depths that are multiples
     of the next narrower anchor's. Only this run's first start reads them."""
     version: Literal["v1", "v2"] = "v1"
@@ -248,6 +250,11 @@ class SNNet(FamilyMethod):
         anchors = []
         for i, path in enumerate(c.anchors):
             key = f"methods.snnet.anchors[{i}]"
+            if is_pretrained_dir(path):  # an hf model's save_pretrained directory
+                model, ident = pretrained_stack(path, key, state)
+                anchors.append(model.train())
+                self.sources.append({"role": "anchor", **ident})
+                continue
             meta = read_source(path, key, state, "anchors")
             trained = load_recorded(identity(path, meta), key)
             if not plain_stack(trained.model):
@@ -304,10 +311,13 @@ class LearngeneDistill(Method):
     def check(self, state: State) -> None:
         runs_alone(self.name, state)
         key = f"methods.{self.name}.ancestry"
-        if state.recipe.model_name != "gpt" or not plain_stack(state.model):
+        if state.recipe.model_name not in STACK_MODELS or not plain_stack(state.model):
             raise ConfigError(f"methods.{self.name}: the auxiliary model is the recipe's model and must be "
-                              f"model.name: gpt, not {state.recipe.model_name!r}")
+                              f"model.name: gpt (or hf), not {state.recipe.model_name!r}")
         meta = read_source(self.cfg.ancestry, key, state, "the ancestry")
+        if state.recipe.model_name != "gpt":  # hf: shapes by the protocol, one transformers family
+            self._check_other(state, meta, key)
+            return
         ancestry = _gpt_config(meta)
         student = state.model.config
         try:
@@ -321,11 +331,29 @@ class LearngeneDistill(Method):
             raise ConfigError(f"methods.{self.name}.points: {self.cfg.points} matched positions need at least as "
                               f"many blocks, the auxiliary model has {student.n_layer}")
 
+    def _check_other(self, state: State, meta: dict, key: str) -> None:
+        """An hf auxiliary: the ancestry a run of the same model kind and family, at least as wide and deep."""
+        theirs = meta["recipe"].get("model", {}).get("name", "gpt")
+        if theirs != state.recipe.model_name:
+            raise ConfigError(f"{key}: the ancestry is a {theirs!r} model, the auxiliary a "
+                              f"{state.recipe.model_name!r} one")
+        width, depth, kind = _run_shape(self.cfg.ancestry, meta, key)
+        own = getattr(state.model.config, "model_type", None)
+        if kind != own:
+            raise ConfigError(f"{key}: the ancestry is a {kind}, the auxiliary model a {own}; one family")
+        if stack_width(state.model) > width or len(protocol.adapt(state.model).blocks) > depth:
+            raise ConfigError(f"{key}: the ancestry ({depth} blocks × {width}) is smaller than its auxiliary "
+                              f"model ({len(protocol.adapt(state.model).blocks)} × {stack_width(state.model)})")
+        if self.cfg.points > len(protocol.adapt(state.model).blocks):
+            raise ConfigError(f"methods.{self.name}.points: {self.cfg.points} matched positions need at least as "
+                              f"many blocks as the auxiliary model has")
+
     def setup(self, state: State) -> None:
         if self.ancestry is None:  # a fresh run (on resume and load_trained the record is loaded)
-            meta = read_source(self.cfg.ancestry, f"methods.{self.name}.ancestry", state, "the ancestry")
-            cfg = _gpt_config(meta)
-            self.ancestry = {**identity(self.cfg.ancestry, meta), "n_embd": cfg.n_embd, "n_layer": cfg.n_layer}
+            key = f"methods.{self.name}.ancestry"
+            meta = read_source(self.cfg.ancestry, key, state, "the ancestry")
+            width, depth, _ = _run_shape(self.cfg.ancestry, meta, key)
+            self.ancestry = {**identity(self.cfg.ancestry, meta), "n_embd": width, "n_layer": depth}
         a, c = self.ancestry, self.cfg
         with torch.random.fork_rng(devices=[]):  # the projections' init must not shift the run's RNG
             distil = LearngeneDistillation(state.model, a["n_embd"], a["n_layer"], c.points, c.alpha, c.temperature)
@@ -348,6 +376,16 @@ class LearngeneDistill(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.ancestry = state["ancestry"]
+
+
+def _run_shape(path: str, meta: dict, key: str) -> tuple[int, int, str | None]:
+    """(width, blocks, transformers model_type or None) of the model a run trained."""
+    if meta["recipe"].get("model", {}).get("name", "gpt") == "gpt":
+        cfg = _gpt_config(meta)
+        return cfg.n_embd, cfg.n_layer, None
+    with torch.random.fork_rng(devices=[]):
+        model = load_recorded(identity(path, meta), key).model
+    return stack_width(model), len(protocol.adapt(model).blocks), getattr(model.config, "model_type", None)
 
 
 def _gpt_config(meta: dict) -> GPTConfig:

@@ -11,6 +11,8 @@ from ...core.loading import Trained, load_trained
 from ...errors import ConfigError, LeantrainError
 
 
+STACK_MODELS = ("gpt", "hf")
+"""Models a family's stacks can be (every stack of a family the same kind)."""
 WRAPPING = ("snnet", "learngene_pool", "learngene_distill")
 """Methods whose runs hold a family or a wrapper, not a plain GPT."""
 
@@ -32,8 +34,9 @@ def read_source(path: str, key: str, state: State, what: str, plain: bool = True
         raise ConfigError(f"{key}: {path} was trained on another vocabulary ({len(theirs or [])} tokens) "
                           f"than this run's data ({len(ours or [])} tokens)")
     model = recipe.get("model", {})
-    if model.get("name", "gpt") != "gpt":
-        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs")
+    if model.get("name", "gpt") not in STACK_MODELS:
+        raise ConfigError(f"{key}: {path} holds a {model.get('name')!r} model; {what} must be gpt runs "
+                          "(or hf runs of one family)")
     wrapped = [m["name"] for m in meta.get("methods", []) if m["name"] in WRAPPING]
     if plain and wrapped:
         raise ConfigError(f"{key}: {path} was trained with {wrapped[0]}, which replaces the model; {what} "
@@ -43,6 +46,45 @@ def read_source(path: str, key: str, state: State, what: str, plain: bool = True
         raise ConfigError(f"{key}: {path} has block_size {model.get('block_size')}, this recipe's "
                           f"model.block_size is {block_size}; set model.block_size: {model.get('block_size')}")
     return meta
+
+
+def is_pretrained_dir(path: str) -> bool:
+    """A ``save_pretrained`` directory (config.json, no leantrain checkpoint)."""
+    if not (Path(path) / "config.json").is_file():
+        return False
+    try:
+        checkpoint.resolve(path)
+    except LeantrainError:
+        return True
+    return False
+
+
+def pretrained_stack(path: str, key: str, state: State):
+    """An ``hf`` stack from a plain save_pretrained directory, with its identity (SHA-256 of its
+    weights; no step): the recipe's block_size, a vocabulary that covers the data's."""
+    import hashlib
+
+    import torch
+
+    from ...models.hf import HFConfig, HFModel, build_hf_model
+    block_size = getattr(state.recipe.model, "block_size", 64)
+    try:
+        cfg = HFConfig(path=str(path), block_size=block_size)
+        cfg.validate()
+        with torch.random.fork_rng(devices=[]):
+            model = HFModel(build_hf_model(cfg), cfg)
+    except LeantrainError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    vocab = state.data.meta().get("vocab")
+    if model.task != "causal_lm" or (vocab is not None and model.hf.config.vocab_size < len(vocab)):
+        raise ConfigError(f"{key}: {path} holds a {cfg.model_type} {model.task.replace('_', ' ')} model with "
+                          f"{model.hf.config.vocab_size} tokens; stitched families are causal LMs covering the "
+                          f"data's {len(vocab or [])} tokens")
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return model, {"run": str(Path(path).resolve()), "step": None, "model_sha256": digest.hexdigest()}
 
 
 def identity(path: str, meta: dict) -> dict:

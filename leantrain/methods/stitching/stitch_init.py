@@ -37,8 +37,9 @@ def block_inputs(model: GPT, idx: torch.Tensor) -> list[torch.Tensor]:
     try:
         x = view.embed(idx)
         out = [x]
-        for block in view.blocks:
-            x = block(x)
+        run_block = getattr(view, "run_block", None)  # blocks that take the forward's context (hf)
+        for i, block in enumerate(view.blocks):
+            x = block(x) if run_block is None else run_block(i, x)
             out.append(x)
     finally:
         model.train(was_training)
