@@ -13,7 +13,7 @@ $(BIN)/python:
 # before the package keeps pip from pulling a CUDA build to satisfy the looser range in pyproject.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,hf,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
