@@ -261,7 +261,9 @@ def check_outputs(args: list[str], out: str, cwd: Path) -> None:
     """What each command must leave behind or print."""
     parsed = parser().parse_args(args)
     command = args[0]
-    if command == "train" and "--help" not in args:
+    if command == "train" and parsed.dry_run:
+        assert not (cwd / parsed.out).exists() and "dry run: nothing was written" in out
+    elif command == "train" and "--help" not in args:
         run_dir = cwd / (parsed.out or parsed.resume)
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["finished"] and out.strip().splitlines()[-1].startswith(f"done: {summary['steps']} steps")

@@ -432,7 +432,10 @@ class Trainer:
         self.meter.total_flops = meta["flops"] if self.main else 0  # the run's total (summed over ranks)
         self.meter.peak_activation_bytes = meta["peak_activation_bytes"]
         self.meter.peak_live_activation_bytes = meta.get("peak_live_activation_bytes", 0)
-        self.meter.restored = dict(meta.get("flop_cache", {}))  # measure the steps an unbroken run measures
+        if meta["world_size"] == self.world and meta.get("data_world", meta["world_size"]) == self.state.data_world:
+            # measure the steps an unbroken run measures; the cache is rank 0's, so another process layout
+            # (e.g. a pipeline's stage, whose counts cover only its modules) measures its steps anew
+            self.meter.restored = dict(meta.get("flop_cache", {}))
         self.seconds, self.eval_seconds = meta["seconds"], meta["eval_seconds"]
         self.loss_sum, self.loss_count = meta["loss_acc"]
         self.skipped = meta.get("nonfinite_skipped", 0)
