@@ -5,43 +5,120 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from leantrain import Recipe
+import pytest
+
+from leantrain import LeantrainError, Recipe
 from leantrain.bench import growth
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_full_setting_validates_and_every_operator_fits_its_source():
+def test_full_setting_validates_and_every_operator_of_a_setting_grows_the_same_source():
     s = growth.FULL
-    for model in (s.target, s.source, *s.depth_sources.values()):
+    for model in (s.target, *s.sources.values()):
         Recipe.from_dict(growth.train_recipe(s, model, s.steps, 1))
-    assert set(s.operators) == set(growth.GROWN)
-    assert s.target["n_layer"] == 2 * s.depth_sources["stackbert"]["n_layer"]
-    assert s.target["n_layer"] == s.operators["gstack"]["g"] * s.depth_sources["gstack"]["n_layer"]
+    assert set(s.sources) == set(s.rows) == set(growth.SETTINGS)
+    assert set(s.rows["depth"]) == {"stackbert", "msg", "mango", "mango_r2", "ligo"}
+    assert set(s.rows["width_depth"]) == set(s.rows["width"]) == {"mango", "mango_r2", "ligo", "fpi", "aki",
+                                                                  "net2net", "msg"}
+    assert (s.sources["depth"]["n_layer"], s.sources["depth"]["n_embd"]) == (3, 128)
+    assert (s.sources["width_depth"]["n_layer"], s.sources["width_depth"]["n_embd"]) == (4, 64)
+    assert (s.sources["width"]["n_layer"], s.sources["width"]["n_embd"]) == (6, 64)
     head = lambda m: m["n_embd"] // m["n_head"]  # noqa: E731
-    assert head(s.source) == head(s.target)  # mango, fpi, aki, net2net and msg keep the head size
+    assert all(head(m) == head(s.target) for m in s.sources.values())  # mango, fpi, aki, net2net, msg keep it
+    assert s.rows["depth"]["mango"]["rank"] == 1 and s.rows["depth"]["mango_r2"]["rank"] == 2
+    # every job of a seed grows its setting's one source, and each recipe validates with every schedule
+    sources = {n: {"path": f"src/{n}"} for n in growth.SETTINGS}
+    jobs = growth.make_jobs(s, growth.SETTINGS, sources, 1, {})
+    assert len(jobs) == 1 + 5 + 7 + 7 and jobs[0].method == "scratch"
+    for job in jobs[1:]:
+        name = job.method.split("/")[0]
+        assert [m["source"] for m in job.recipe["methods"]] == [f"src/{name}"]
+    for sched in (growth.Schedule(lr=1.5e-3, rewarm=False), growth.Schedule(moments="carry"),
+                  growth.Schedule(init="function_preserving")):
+        for row in ("stackbert", "mango", "ligo"):
+            if sched.moments == "carry" and row not in growth.CARRY or sched.init != "copy" and row != "mango":
+                continue
+            job = growth.row_job(s, "depth", row, sched, sources, 1)
+            r = Recipe.from_dict({**job.recipe, "methods": []})  # the train section validates
+            grow = job.recipe["methods"][0]
+            assert r.train.lr == sched.lr
+            if row in ("mango", "ligo"):  # re-warm after the operator phase, the run's warm-up kept for it
+                assert grow["target_warmup"] == (s.warmup if sched.rewarm else 0) and r.train.warmup_steps == s.warmup
+            else:
+                assert r.train.warmup_steps == (s.warmup if sched.rewarm else 0)
+            assert grow.get("optimizer_state", "reset") == sched.moments
+            assert grow.get("init", "copy") == sched.init
 
 
-def test_suite_runs_end_to_end_on_tiny_shapes(tmp_path):
+def tiny_setting(tmp_path, rows=None):
     text = tmp_path / "small.txt"
     text.write_text((ROOT / "leantrain" / "data" / "datasets" / "shakespeare_char.txt").read_text()[:20000])
     target = {"n_layer": 4, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0}
-    tiny = replace(growth.QUICK, target=target, source={**target, "n_layer": 2, "n_head": 1, "n_embd": 16},
-                   depth_sources={"stackbert": {**target, "n_layer": 2}, "gstack": {**target, "n_layer": 1}},
+    narrow = {"n_head": 1, "n_embd": 16}
+    all_rows = growth.settings_rows(growth.operators(operator_steps=3, ramp_steps=3))
+    return replace(growth.QUICK, target=target, sources={"depth": {**target, "n_layer": 2},
+                                                         "width_depth": {**target, "n_layer": 2, **narrow},
+                                                         "width": {**target, **narrow}},
                    steps=12, source_steps=6, eval=(4, 2), batch=4, warmup=2, data={"path": str(text)},
-                   operators=growth.operators(operator_steps=3, ramp_steps=3, g=4))
-    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out")
+                   rows=rows or all_rows)
+
+
+def test_suite_runs_end_to_end_on_tiny_shapes(tmp_path):
+    tiny = tiny_setting(tmp_path)
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", setting=None, sweep=False,
+                              schedules=None)
     assert growth.run_setting(args, tiny) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["method"] for r in rows] == ["scratch", *growth.GROWN]
+    assert [r["method"] for r in rows] == ["scratch", *(f"{n}/{row}" for n in growth.SETTINGS for row in tiny.rows[n])]
     for r in rows[1:]:
         assert r["source_train_flops"] > 0 and "val_loss_after_growth" in r
-        assert ("operator_parameters" in r) == (r["method"] in ("mango", "ligo"))
+        assert ("operator_parameters" in r) == (r["method"].split("/")[1] in growth.TRAINED)
+    # the same source per setting: one source cost per setting
+    for n in growth.SETTINGS:
+        assert len({r["source_train_flops"] for r in rows if r["method"].startswith(n + "/")}) == 1
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "--quick" in report and "## Verdict" in report and "Mango saves" in report
-    for plot in ("val_loss_vs_flops.png", "val_loss_vs_seconds.png", "val_loss_vs_flops_with_source.png"):
-        assert (tmp_path / "out" / plot).exists()
-    assert (tmp_path / "out" / "sources" / "seed0" / "main" / "summary.json").exists()
+    assert "--quick" in report and "### Verdict" in report and "Mango saves" in report
+    assert "Mango (ring rank 2) saves" in report and "**not swept**" in report
+    for n in growth.SETTINGS:
+        assert f"## Setting `{n}`" in report
+        assert (tmp_path / "out" / f"val_loss_vs_flops_{n}.png").exists()
+    assert (tmp_path / "out" / "sources" / "seed0" / "width" / "summary.json").exists()
+
+
+def test_sweep_picks_a_winner_per_row_and_the_seeded_run_uses_it(tmp_path):
+    ops = growth.operators(operator_steps=3, ramp_steps=3)
+    tiny = tiny_setting(tmp_path, rows={"depth": {k: ops[k] for k in ("stackbert", "mango")},
+                                        "width_depth": {"fpi": ops["fpi"]}, "width": {"fpi": ops["fpi"]}})
+    out = tmp_path / "out"
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=out, setting=["depth"], sweep=True, schedules=None)
+    assert growth.run_setting(args, tiny) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert set(sweep["rows"]) == {"scratch", "depth/stackbert", "depth/mango"}
+    n_lrs = len(tiny.sweep_lrs)
+    tried = {row: [growth.Schedule(**t["schedule"]) for t in r["tried"]] for row, r in sweep["rows"].items()}
+    assert len(tried["scratch"]) == n_lrs + 1  # the LR grid, then no warm-up
+    assert [t.moments for t in tried["depth/stackbert"]][-1] == "carry" and len(tried["depth/stackbert"]) == n_lrs + 2
+    assert [t.init for t in tried["depth/mango"]][-1] == "function_preserving"
+    for row, r in sweep["rows"].items():  # the winner is the lowest loss tried
+        best = min(r["tried"], key=lambda t: t["final_val_loss"])
+        assert r["winner"] == best["schedule"] and r["final_val_loss"] == best["final_val_loss"]
+    assert "| depth/mango |" in (out / "sweep.md").read_text()
+    # the seeded rows train with the winners
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=out, setting=["depth"], sweep=False,
+                              schedules=out / "sweep.json")
+    assert growth.run_setting(args, tiny) == 0
+    rows = json.loads((out / "results.json").read_text())
+    for r in rows:
+        key = r["method"]
+        win = growth.Schedule(**sweep["rows"][key]["winner"])
+        assert r["config"]["train"]["lr"] == win.lr
+    report = (out / "report.md").read_text()
+    assert "## Schedules (the sweep)" in report and "not swept" not in report and "--setting depth" in report
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(LeantrainError, match="not a growth sweep file"):
+        growth.read_schedules(bad)
 
 
 def _rows(flops: dict[str, list[float | None]], seconds_factor: float = 1.0) -> list[dict]:

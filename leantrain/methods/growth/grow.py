@@ -47,7 +47,8 @@ DEFAULT_OPERATOR_STEPS = 100
 # Options that only some operators read: giving one a non-default value for another operator is an
 # error rather than silently ignored.
 APPLIES = {"operator_steps": TRAINED, "operator_lr": TRAINED, "operator_warmup": TRAINED,
-           "operator_weight_decay": TRAINED, "target_warmup": TRAINED, "rank": ("mango",), "noise": tuple(NOISE),
+           "operator_weight_decay": TRAINED, "target_warmup": TRAINED, "rank": ("mango",), "init": ("mango",),
+           "noise": tuple(NOISE),
            "mapping": ("mango", "fpi", "aki", "net2net"), "depth_init": ("ligo",), "width_init": ("ligo",),
            "new_blocks": ("msg",), "init_std": ("msg",), "ramp_steps": ("msg",), "g": ("gstack",)}
 
@@ -79,6 +80,14 @@ class GrowConfig:
     rank: int = 1
     """mango: ring rank R of the TR-MPO cores (R×n×m×R); operator parameters grow ≈ R², the
     contraction's cost ≈ R³ (R = 4 costs ≈ 4 target steps per operator step at 4×64 → 8×128)."""
+    init: Literal["copy", "function_preserving"] = "copy"
+    """mango: the operator's initial output. copy: FPI width + StackBERT depth (every target layer l
+    copies source layer l mod L₁; the papers' and our default — the growth sweep decides whether to
+    change it, see benchmarks/growth); function_preserving: the same copy mapping, but the blocks that
+    are not a source layer's first copy start as identities (their output projections gated to zero by
+    a trainable gate), and the core noise touches only off-diagonal bond entries — with
+    ``mapping: cyclic`` and an integer width factor the grown model computes the source's logits at
+    step 0 (exactly at rank 1, up to O(noise²) at rank ≥ 2)."""
     noise: float | None = None
     """Init noise. mango: N(0, noise²) on every core entry (null = 0.001); ligo: U(0, noise) on the
     stackbert_noisy depth coefficients (null = 0.03); net2net: N(0, (noise·std W)²) on the new units'
@@ -282,7 +291,7 @@ class Grow(Method):
         cfg = self.cfg
         if cfg.operator == "mango":
             return MangoOperator(source, target, rank=cfg.rank, noise=cfg.init_noise, mapping=cfg.mapping,
-                                 generator=gen)
+                                 generator=gen, init=cfg.init)
         return LiGOOperator(source, target, depth_init=cfg.depth_init, width_init=cfg.width_init,
                             noise=cfg.init_noise, generator=gen)
 
@@ -442,7 +451,7 @@ class Grow(Method):
         s, t = self.source["config"], state.model.config
         what = f"grow: {self.cfg.operator}"
         if self.cfg.operator == "mango":
-            what += f" R={self.cfg.rank}"
+            what += f" R={self.cfg.rank}" + (", function-preserving init" if self.cfg.init != "copy" else "")
         what += (f" from {self.source['path']} (step {self.source['step']}): {s['n_layer']}×{s['n_embd']} "
                  f"({s['n_head']} heads) → {t.n_layer}×{t.n_embd} ({t.n_head} heads)")
         if self.cfg.operator in TRAINED:
