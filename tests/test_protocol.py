@@ -213,3 +213,148 @@ def test_native_models_declare_what_they_implement():
     assert params[f"blocks.0.{b.qkv.name}"].shape[b.qkv.out_axis] == 3 * roles.width and b.kv_groups == 1
     assert gpt.get_parameter(roles.token_embedding) is gpt.get_parameter(roles.output) and roles.tied
     assert isinstance(gpt.blocks[0].get_submodule(b.attention), nn.Module)
+
+
+# ------------------------------------------------------------- local learning on units cut by hooks
+@dataclass
+class MaskedLMConfig:
+    n_layer: int = 4
+    """Blocks."""
+    n_embd: int = 16
+    """Width."""
+    n_head: int = 2
+    """Unused (the tiny recipe sets it)."""
+    block_size: int = 16
+    """Context length."""
+    vocab_size: int | None = None
+    """From the data."""
+
+    def adapt_to_data(self, info):
+        self.vocab_size = self.vocab_size or info.vocab_size
+
+
+class MaskedBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, h, *, mask):
+        return h + torch.tanh(self.fc(mask @ h))  # causal mixing by a matrix only the model's forward makes
+
+
+class MaskedLM(nn.Module):
+    """Like a Hugging Face model: its forward computes what the blocks need (a causal averaging mask)
+    between them, so the blocks cannot run alone."""
+
+    def __init__(self, cfg: MaskedLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(MaskedBlock(cfg.n_embd) for _ in range(cfg.n_layer))
+        self.lm = nn.Linear(cfg.n_embd, cfg.vocab_size)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        mask = torch.tril(torch.ones(T, T, device=idx.device))
+        mask = mask / mask.sum(1, keepdim=True)
+        h = self.emb(idx)
+        for layer in self.layers:
+            h = layer(h, mask=mask)
+        logits = self.lm(h)
+        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def shape_key(self):
+        return ()
+
+
+class HookedMaskedLM(MaskedLM):
+    pass
+
+
+class CallableMaskedLM(MaskedLM):
+    pass
+
+
+class WithMask(nn.Module):
+    """A block that makes its own mask: callable alone (the callable reference for the hook path)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = [block]
+
+    def forward(self, h):
+        T = h.size(1)
+        mask = torch.tril(torch.ones(T, T, device=h.device))
+        return self.block[0](h, mask=mask / mask.sum(1, keepdim=True))
+
+
+class MaskedLMUnits(protocol.Adapter):
+    CAPABILITIES = frozenset({"unit_hooks"})
+
+    def local_units(self, input_shape):
+        m, (T,) = self.model, input_shape
+        C, V = m.config.n_embd, m.config.vocab_size
+        units = [m.emb, *m.layers, m.lm] if not self.callable_units else [m.emb, *map(WithMask, m.layers), m.lm]
+        return protocol.Units(units, [(T, C)] * (len(units) - 1) + [(T, V)], "tokens",
+                              [list(u.parameters()) for u in (m.emb, *m.layers, m.lm)], callable=self.callable_units)
+
+    callable_units = False
+
+
+class MaskedLMCallable(MaskedLMUnits):
+    CAPABILITIES = frozenset({"units"})
+    callable_units = True
+
+
+@pytest.fixture
+def masked_models():
+    protocol.register_adapter(HookedMaskedLM, MaskedLMUnits)
+    protocol.register_adapter(CallableMaskedLM, MaskedLMCallable)
+    register_model("masked_hooked", config=MaskedLMConfig)(HookedMaskedLM)
+    register_model("masked_callable", config=MaskedLMConfig)(CallableMaskedLM)
+    yield
+    for name in ("masked_hooked", "masked_callable"):
+        MODELS.pop(name)
+        MODEL_TASKS.pop(name)
+    protocol.ADAPTERS.pop(HookedMaskedLM)
+    protocol.ADAPTERS.pop(CallableMaskedLM)
+
+
+@pytest.mark.parametrize("local", [{"modules": 3}, {"variant": "contsup", "modules": 3, "context": "R1E"}],
+                         ids=["greedy", "contsup"])
+def test_local_learning_through_hooks_equals_callable_units(masked_models, tmp_path, local):
+    """unit_hooks: the model's own forward runs (it makes the mask), hooks cut it into gradient-isolated
+    modules; the losses are bit-identical to running the same units one by one."""
+    from .conftest import read_metrics
+    runs = {}
+    for name in ("masked_hooked", "masked_callable"):
+        recipe = Recipe.from_dict(tiny(model={"name": name}, train={"max_steps": 6, "log_interval": 1},
+                                       methods=[{"name": "local", **local}]))
+        t = Trainer(recipe, tmp_path / name, verbose=False, progress=False)
+        summary = t.fit()
+        runs[name] = ([{k: v for k, v in r.items() if "loss" in k} for r in read_metrics(tmp_path / name)], summary)
+    (hooked, s1), (called, s2) = runs["masked_hooked"], runs["masked_callable"]
+    assert hooked == called and s1["final_val_loss"] == s2["final_val_loss"]
+    assert any("local/loss1" in r for r in hooked)
+    with pytest.raises(ConfigError, match="cut by hooks"):
+        Trainer(Recipe.from_dict(tiny(model={"name": "masked_hooked"},
+                                      methods=[{"name": "local", "modules": 2, "cuts": "memory"}])), None)
+
+
+def test_hooked_units_are_gradient_isolated(masked_models):
+    from leantrain.methods.local.local import LocalConfig, build_local_model
+    torch.manual_seed(0)
+    base = HookedMaskedLM(MaskedLMConfig(vocab_size=7))
+    lm = build_local_model(base, LocalConfig(modules=2), (16,), [1], 7, False)
+    x = torch.randint(0, 7, (2, 16))
+    seen = {}
+
+    def on_cut(k, out, inputs, memo):
+        seen["out"] = out
+        return out.detach()
+    logits = lm.cut_forward(x, on_cut)
+    logits.sum().backward()
+    assert all(p.grad is None for p in base.emb.parameters()) and base.layers[0].fc.weight.grad is None
+    assert base.layers[1].fc.weight.grad is not None and seen["out"].requires_grad
+    lm.eval()
+    assert torch.equal(lm(x)[0], base(x)[0])  # no contexts: the deployed network is the base model

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 class State:
     recipe: "Recipe"
     model: torch.nn.Module
-    """The unwrapped model (never the DDP wrapper): methods address ``model.blocks`` etc."""
+    """The unwrapped model (never the DDP wrapper); methods reach it through the model protocol
+    (:func:`leantrain.models.protocol.require` / ``adapt``)."""
     optimizer: torch.optim.Optimizer | None
     data: "Task"
     """The data kind (splits, batches, scoring)."""

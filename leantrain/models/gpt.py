@@ -196,6 +196,8 @@ class LMHead(nn.Module):
 
 
 class GPT(nn.Module, ModelProtocol):
+    """nanoGPT's model; implements the model protocol natively (every capability but `pipeline`,
+    `unit_hooks` and `export`)."""
     CAPABILITIES = frozenset({"blocks", "plan", "plan_width", "dropout", "units", "stages", "depth_change",
                               "weight_roles"})
 
@@ -319,19 +321,7 @@ class GPT(nn.Module, ModelProtocol):
         self.blocks = nn.ModuleList(blocks)
 
     def weight_roles(self) -> WeightRoles:
-        c = self.config
-        hs = c.n_embd // c.n_head
-        bias = (lambda name: name + ".bias") if c.bias else (lambda name: None)
-        roles = BlockRoles(
-            qkv=Weight("attn.c_attn.weight", parts=("q", "k", "v"), bias=bias("attn.c_attn")),
-            attn_out=Weight("attn.c_proj.weight", bias=bias("attn.c_proj")),
-            mlp_in=Weight("mlp.c_fc.weight", bias=bias("mlp.c_fc")),
-            mlp_out=Weight("mlp.c_proj.weight", bias=bias("mlp.c_proj")),
-            norms=("ln_1", "ln_2"), n_head=c.n_head, head_size=hs, n_hidden=4 * c.n_embd,
-            attention="attn", mlp="mlp")
-        return WeightRoles(block_prefix="blocks", blocks=(roles,) * len(self.blocks), width=c.n_embd,
-                           token_embedding="wte.weight", position_embedding="wpe.weight", final_norm="ln_f",
-                           output="lm_head.weight", tied=True)
+        return gpt_weight_roles(self.config, len(self.blocks))
 
     def dropout_sites(self) -> dict[str, tuple[int, ...]]:
         every = tuple(range(len(self.blocks)))
@@ -373,6 +363,22 @@ class GPT(nn.Module, ModelProtocol):
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
+
+
+def gpt_weight_roles(c: GPTConfig, n_blocks: int | None = None) -> WeightRoles:
+    """The weight roles (model protocol) of a GPT with config ``c`` and ``n_blocks`` blocks
+    (default ``c.n_layer``): fused q/k/v in ``nn.Linear`` storage, GELU MLP, LayerNorms, tied head."""
+    bias = (lambda name: name + ".bias") if c.bias else (lambda name: None)
+    roles = BlockRoles(
+        qkv=Weight("attn.c_attn.weight", parts=("q", "k", "v"), bias=bias("attn.c_attn")),
+        attn_out=Weight("attn.c_proj.weight", bias=bias("attn.c_proj")),
+        mlp_in=Weight("mlp.c_fc.weight", bias=bias("mlp.c_fc")),
+        mlp_out=Weight("mlp.c_proj.weight", bias=bias("mlp.c_proj")),
+        norms=("ln_1", "ln_2"), n_head=c.n_head, head_size=c.n_embd // c.n_head, n_hidden=4 * c.n_embd,
+        attention="attn", mlp="mlp")
+    return WeightRoles(block_prefix="blocks", blocks=(roles,) * (c.n_layer if n_blocks is None else n_blocks),
+                       width=c.n_embd, token_embedding="wte.weight", position_embedding="wpe.weight",
+                       final_norm="ln_f", output="lm_head.weight", tied=True)
 
 
 @register_model("gpt", config=GPTConfig)

@@ -11,8 +11,8 @@ import torch
 
 from ...errors import ConfigError
 from ...models.gpt import GPT, GPTConfig
-from .layout import (Tensors, WidthMaps, check_growth, copy_maps, get_block, non_block, put_block,
-                     source_tensors)
+from .layout import (ATTN_OUT, FINAL_NORM, MLP_IN, MLP_OUT, NORM_1, NORM_2, POSITION, QKV, TOKEN, Tensors,
+                     WidthMaps, check_growth, copy_maps, get_block, non_block, put_block, source_tensors)
 
 
 # ------------------------------------------------------------------------------------- width
@@ -52,11 +52,11 @@ def _perturb(u: torch.Tensor, n_rows: int, n_cols: int, noise: float,
 
 def split_qkv(block: Tensors) -> Tensors:
     """The block with c_attn's weight and bias split into the Linears ``q``, ``k``, ``v``."""
-    d = block["attn.c_proj.weight"].shape[0]
-    out = {k: v for k, v in block.items() if not k.startswith("attn.c_attn.")}
+    d = block[f"{ATTN_OUT}.weight"].shape[0]
+    out = {k: v for k, v in block.items() if not k.startswith(f"{QKV}.")}
     for kind in ("weight", "bias"):
-        if f"attn.c_attn.{kind}" in block:
-            out |= {f"{part}.{kind}": t for part, t in zip("qkv", block[f"attn.c_attn.{kind}"].split(d))}
+        if f"{QKV}.{kind}" in block:
+            out |= {f"{part}.{kind}": t for part, t in zip("qkv", block[f"{QKV}.{kind}"].split(d))}
     return out
 
 
@@ -64,7 +64,7 @@ def join_qkv(block: Tensors) -> Tensors:
     out = {k: v for k, v in block.items() if k[:2] not in ("q.", "k.", "v.")}
     for kind in ("weight", "bias"):
         if f"q.{kind}" in block:
-            out[f"attn.c_attn.{kind}"] = torch.cat([block[f"{part}.{kind}"] for part in "qkv"])
+            out[f"{QKV}.{kind}"] = torch.cat([block[f"{part}.{kind}"] for part in "qkv"])
     return out
 
 
@@ -74,7 +74,7 @@ def widen_block(block: Tensors, maps: WidthMaps, l: int, divide: bool = True, ab
     give the new out-units (AKI). LayerNorms copy along the residual stream."""
     e, hid = maps.embd, maps.hidden[l]
     linears = {"q": (maps.q[l], e), "k": (maps.k[l], e), "v": (maps.v[l], e),  # name: (row map, column map)
-               "attn.c_proj": (e, maps.v[l]), "mlp.c_fc": (hid, e), "mlp.c_proj": (e, hid)}
+               ATTN_OUT: (e, maps.v[l]), MLP_IN: (hid, e), MLP_OUT: (e, hid)}
     b = split_qkv(block)
     up = split_qkv(above) if above is not None else {}
     out = {}
@@ -84,7 +84,7 @@ def widen_block(block: Tensors, maps: WidthMaps, l: int, divide: bool = True, ab
                                          *w.shape, noise, generator)
         if f"{name}.bias" in b:
             out[f"{name}.bias"] = _vector(b[f"{name}.bias"], rows, up.get(f"{name}.bias"))
-    for key in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
+    for key in (f"{NORM_1}.weight", f"{NORM_1}.bias", f"{NORM_2}.weight", f"{NORM_2}.bias"):
         if key in b:
             out[key] = b[key][e]
     return join_qkv(out)
@@ -95,14 +95,14 @@ def copy_width(tensors: Tensors, n_layer: int, maps: WidthMaps, divide: bool = T
     """The source at the target width (same depth).
 
     ``divide`` (FPI, Net2Net): in-dimensions are divided by their copy counts, and so is the final
-    LayerNorm (γ, β) — it feeds only the tied head, whose in-dimension is ``wte`` and must stay a
+    LayerNorm (γ, β) — it feeds only the tied head, whose in-dimension is the token embedding and must stay a
     plain copy. Without ``divide`` every copy is plain (LiGO's one-hot maps). ``aki``: new rows of
     block l come from block l+1 (the top block from itself).
     """
     e = maps.embd
-    out = {"wte.weight": tensors["wte.weight"][:, e], "wpe.weight": tensors["wpe.weight"][:, e]}
-    scale = torch.bincount(e)[e].to(tensors["ln_f.weight"]) if divide else 1.0
-    for key in ("ln_f.weight", "ln_f.bias"):
+    out = {TOKEN: tensors[TOKEN][:, e], POSITION: tensors[POSITION][:, e]}
+    scale = torch.bincount(e)[e].to(tensors[f"{FINAL_NORM}.weight"]) if divide else 1.0
+    for key in (f"{FINAL_NORM}.weight", f"{FINAL_NORM}.bias"):
         if key in tensors:
             out[key] = tensors[key][e] / scale
     for l in range(n_layer):
@@ -193,7 +193,7 @@ def net2net(source: GPT, target: GPTConfig, noise: float = 0.0, mapping: str = "
         j += 1
         for _ in range(new_after.count(i)):
             block = {k: v.clone() for k, v in get_block(wide, i).items()}
-            for key in ("attn.c_proj.weight", "attn.c_proj.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"):
+            for key in (f"{ATTN_OUT}.weight", f"{ATTN_OUT}.bias", f"{MLP_OUT}.weight", f"{MLP_OUT}.bias"):
                 if key in block:
                     block[key] = torch.zeros_like(block[key])
             put_block(out, j, block)

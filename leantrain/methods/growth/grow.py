@@ -30,7 +30,7 @@ from ...models import protocol
 from ...models.gpt import GPT, GPTConfig
 from ...registry import register_method
 from .copying import aki, fpi, gstack, net2net, stackbert
-from .layout import GrowthOperator, Tensors, load_tensors, source_tensors
+from .layout import PREFIX, GrowthOperator, Tensors, check_layout, load_tensors, source_tensors
 from .ligo import LiGOOperator
 from .mango import MangoOperator
 from .msg import MSGGrowth, MSGMasks, carry_adam_state, msg_grow, ramp_value
@@ -190,6 +190,7 @@ def read_source(path: str, state: State) -> tuple[GPT, dict, dict[str, torch.Ten
         raise bad(str(e)) from None
     if not growable(trained.model):
         raise bad(f"{path} holds a {type(trained.model).__name__}, not a plain gpt")
+    check_layout(trained.model, "methods.grow.source")
     device = next(state.model.parameters()).device
     record = {"path": str(trained.ckpt.path), "step": meta["step"], "model_sha256": meta["sha256"]["model"],
               "config": to_dict(trained.model.config),
@@ -245,6 +246,7 @@ class Grow(Method):
             reason = protocol.adapt(state.model).why_not("weight_roles")
             raise ConfigError(f"methods.grow: grows a gpt; the recipe's model is {state.recipe.model_name!r}"
                               + (f" ({reason})" if reason else ""))
+        check_layout(state.model, "methods.grow")
         if cfg.source is None:
             raise ConfigError("methods.grow.source: give the run or checkpoint directory of the trained "
                               "smaller gpt to grow from")
@@ -317,11 +319,11 @@ class Grow(Method):
         """Stacking: every target entry copies one source entry, and so do its moments."""
         out = {}
         for name in old:
-            if not name.startswith("blocks."):
+            if not name.startswith(f"{PREFIX}."):
                 out[name] = old[name]
         for j in range(target.n_layer):
-            prefix = f"blocks.{j % src.n_layer}."
-            out |= {f"blocks.{j}.{k[len(prefix):]}": v for k, v in old.items() if k.startswith(prefix)}
+            prefix = f"{PREFIX}.{j % src.n_layer}."
+            out |= {f"{PREFIX}.{j}.{k[len(prefix):]}": v for k, v in old.items() if k.startswith(prefix)}
         return {k: {slot: v.clone() for slot, v in s.items()} for k, s in out.items()}
 
     def _attach_masks(self, model: GPT, value: float) -> None:

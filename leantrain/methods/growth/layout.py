@@ -1,10 +1,13 @@
 """The GPT's weights as growth operators see them: named tensors, per-block views, shape rules.
 
 Every growth function maps a trained source :class:`GPT` to a target :class:`GPTConfig` and returns
-the target's tensors keyed like ``GPT.named_parameters()`` — ``wte.weight`` once (``lm_head`` is
-tied to it), ``blocks.{i}.…`` for each block, ``ln_f.…``. :func:`build_model` turns them into a
+the target's tensors keyed like ``GPT.named_parameters()`` — the token embedding once (the head is
+tied to it), ``{prefix}.{i}.…`` for each block, the final norm's. The names are the roles of the
+model protocol's ``weight_roles()`` (:data:`TOKEN`, :data:`QKV`, ...: the operators are written for
+the gpt layout — pre-norm blocks, fused q/k/v, GELU MLP, learned positions, tied head — and
+:func:`check_layout` refuses a model whose roles differ). :func:`build_model` turns them into a
 model; ``torch.func.functional_call(GPT(target), tensors, (x, y))`` runs the target on them
-without copying (tied weights follow ``wte.weight``).
+without copying (tied weights follow the token embedding).
 """
 from __future__ import annotations
 
@@ -14,15 +17,57 @@ import torch
 import torch.nn as nn
 
 from ...errors import ConfigError, LeantrainError
-from ...models.gpt import GPT, GPTConfig
+from ...models.gpt import GPT, GPTConfig, gpt_weight_roles
+from ...models.protocol import WeightRoles
 
 Tensors = dict[str, torch.Tensor]
 
+
+def module_of(weight: str) -> str:
+    return weight.rsplit(".", 1)[0]
+
+
+ROLES: WeightRoles = gpt_weight_roles(GPTConfig(n_layer=1, n_head=1, n_embd=1, vocab_size=1, bias=True))
+"""The gpt layout's weight roles (the model protocol): where every name below comes from."""
+_B = ROLES.blocks[0]
+PREFIX = ROLES.block_prefix
+TOKEN, POSITION, FINAL_NORM = ROLES.token_embedding, ROLES.position_embedding, ROLES.final_norm
+QKV, ATTN_OUT, MLP_IN, MLP_OUT = (module_of(w.name) for w in (_B.qkv, _B.attn_out, _B.mlp_in, _B.mlp_out))
+"""Module names (inside a block) of the fused q/k/v projection, the attention output projection and
+the MLP's input and output projections; parameters are ``{name}.weight`` / ``{name}.bias``."""
+NORM_1, NORM_2 = _B.norms
+ATTENTION, MLP = _B.attention, _B.mlp
+NON_BLOCK = (("token", TOKEN), ("position", POSITION), ("final_norm_weight", f"{FINAL_NORM}.weight"),
+             ("final_norm_bias", f"{FINAL_NORM}.bias"))
+"""(role, name) of the tensors outside the blocks (the bias only with ``bias=True``)."""
+
 # Parameter names inside one block, in GPT's order; biases exist only with ``bias=True``.
-BLOCK_WEIGHTS = ("ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight",
-                 "mlp.c_fc.weight", "mlp.c_proj.weight")
-BLOCK_BIASES = ("ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias", "ln_2.bias", "mlp.c_fc.bias",
-                "mlp.c_proj.bias")
+BLOCK_WEIGHTS = (f"{NORM_1}.weight", f"{QKV}.weight", f"{ATTN_OUT}.weight", f"{NORM_2}.weight",
+                 f"{MLP_IN}.weight", f"{MLP_OUT}.weight")
+BLOCK_BIASES = (f"{NORM_1}.bias", f"{QKV}.bias", f"{ATTN_OUT}.bias", f"{NORM_2}.bias", f"{MLP_IN}.bias",
+                f"{MLP_OUT}.bias")
+
+
+def check_layout(model, what: str) -> None:
+    """ConfigError unless ``model`` declares the protocol's ``weight_roles`` and they are the gpt
+    layout the operators are written for (same names, fused q/k/v, no grouped-query attention, no
+    gated MLP, a head tied to the token embedding)."""
+    from ...models import protocol
+    view = protocol.require(model, "weight_roles", what)
+    roles = view.weight_roles()
+    same = (roles.block_prefix, roles.token_embedding, roles.position_embedding, roles.final_norm, roles.tied) == \
+        (PREFIX, TOKEN, POSITION, FINAL_NORM, True)
+    if not (same and all(_gpt_block(b) for b in roles.blocks)):
+        raise ConfigError(f"{what}: the growth operators are written for the gpt layout (pre-norm blocks with "
+                          f"a fused q/k/v, a GELU MLP, learned positions, a tied head); model "
+                          f"{type(model).__name__}'s weight roles differ")
+
+
+def _gpt_block(b) -> bool:
+    weights = (b.qkv, b.attn_out, b.mlp_in, b.mlp_out)
+    return (b.qkv is not None and b.qkv.parts == ("q", "k", "v") and b.mlp_gate is None and b.kv_groups == 1
+            and not any(w.transposed for w in weights) and tuple(b.norms) == (NORM_1, NORM_2)
+            and tuple(module_of(w.name) for w in weights) == (QKV, ATTN_OUT, MLP_IN, MLP_OUT))
 
 
 def block_names(cfg: GPTConfig) -> tuple[str, ...]:
@@ -35,18 +80,18 @@ def source_tensors(model: GPT) -> Tensors:
 
 
 def get_block(tensors: Tensors, i: int) -> Tensors:
-    """Block ``i``'s tensors keyed by their name inside the block (``attn.c_attn.weight``, ...)."""
-    prefix = f"blocks.{i}."
+    """Block ``i``'s tensors keyed by their name inside the block (``f"{QKV}.weight"``, ...)."""
+    prefix = f"{PREFIX}.{i}."
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def put_block(tensors: Tensors, i: int, block: Tensors) -> None:
-    tensors.update({f"blocks.{i}.{k}": v for k, v in block.items()})
+    tensors.update({f"{PREFIX}.{i}.{k}": v for k, v in block.items()})
 
 
 def non_block(tensors: Tensors) -> Tensors:
     """Embeddings and final LayerNorm: everything outside the blocks."""
-    return {k: v for k, v in tensors.items() if not k.startswith("blocks.")}
+    return {k: v for k, v in tensors.items() if not k.startswith(f"{PREFIX}.")}
 
 
 def load_tensors(model: GPT, tensors: Tensors) -> None:
@@ -72,7 +117,7 @@ def parameter_shapes(cfg: GPTConfig) -> dict[str, torch.Size]:
 
 def build_model(cfg: GPTConfig, tensors: Tensors) -> GPT:
     """A target GPT holding ``tensors`` (on their device and dtype)."""
-    ref = tensors["wte.weight"]
+    ref = tensors[TOKEN]
     model = GPT(cfg).to(device=ref.device, dtype=ref.dtype)
     load_tensors(model, tensors)
     return model

@@ -9,7 +9,7 @@ learned combinations of old ones: a Linear's in-dimension becomes [W, W·C_inᵀ
 Tying [code]: one residual-stream map (embeddings, every LayerNorm, in-dim of q/k/v/fc, out-dim of
 o/proj); per target block separate out-maps for q, k, v and fc; o's in-map is v's out-map, proj's
 in-map is fc's out-map. For our GPT [ours]: the final LayerNorm uses the residual map (it feeds
-the head tied to ``wte``, which uses it too); q, k, v are the three parts of c_attn.
+the head tied to the token embedding, which uses it too); q, k, v are the three parts of c_attn.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from ...errors import ConfigError
 from ...models.gpt import GPT, GPTConfig
-from .layout import GrowthOperator, Tensors, check_growth, source_tensors
+from .layout import (ATTN_OUT, MLP_IN, MLP_OUT, NON_BLOCK, NORM_1, NORM_2, POSITION, PREFIX, QKV, TOKEN, FINAL_NORM,
+                     GrowthOperator, Tensors, check_growth, source_tensors)
 
 MODULES = ("ln_1", "q", "k", "v", "o", "ln_2", "fc", "proj")
 DEPTH_INITS = ("stackbert", "stackbert_noisy", "interlace", "rand")
@@ -40,12 +41,12 @@ def grow_out(w: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
 def _source_stack(tensors: Tensors, cfg: GPTConfig, module: str, kind: str) -> torch.Tensor | None:
     """Module ``module``'s weight or bias in every source block, stacked on a leading L₁ axis."""
     d = cfg.n_embd
-    name = {"ln_1": "ln_1", "ln_2": "ln_2", "q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
-            "o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}[module]
+    name = {"ln_1": NORM_1, "ln_2": NORM_2, "q": QKV, "k": QKV, "v": QKV,
+            "o": ATTN_OUT, "fc": MLP_IN, "proj": MLP_OUT}[module]
     key = f"{name}.{kind}"
-    if f"blocks.0.{key}" not in tensors:
+    if f"{PREFIX}.0.{key}" not in tensors:
         return None
-    ts = [tensors[f"blocks.{l}.{key}"] for l in range(cfg.n_layer)]
+    ts = [tensors[f"{PREFIX}.{l}.{key}"] for l in range(cfg.n_layer)]
     if module in ("q", "k", "v"):
         ts = [t.split(d)["qkv".index(module)] for t in ts]
     return torch.stack(ts)
@@ -115,15 +116,15 @@ class LiGOOperator(GrowthOperator):
         depth = lambda: depth_coefficients(l2, l1, depth_init, noise, generator)  # noqa: E731
         self.depth_weight = nn.Parameter(torch.stack([depth() for _ in MODULES], dim=1))  # [L₂, module, L₁]
         self.depth_bias = nn.Parameter(torch.stack([depth() for _ in MODULES], dim=1)) if src.bias else None
-        ref = tensors["wte.weight"]
+        ref = tensors[TOKEN]
         for m in MODULES:
             for kind in ("weight", "bias"):
                 stack = _source_stack(tensors, src, m, kind)
                 if stack is not None:
                     self.register_buffer(f"src_{m}_{kind}", stack, persistent=False)
-        for key in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        for role, key in NON_BLOCK:
             if key in tensors:
-                self.register_buffer("src_" + key.replace(".", "_"), tensors[key], persistent=False)
+                self.register_buffer(f"src_{role}", tensors[key], persistent=False)
         self.to(device=ref.device, dtype=ref.dtype)
 
     def _mixed(self, j: int, module: str, kind: str) -> torch.Tensor:
@@ -135,27 +136,27 @@ class LiGOOperator(GrowthOperator):
         q, k, v, fc = ((None if maps is None else maps[j])
                        for maps in (self.width_q, self.width_k, self.width_v, self.width_fc))
         mix = lambda module, kind="weight": self._mixed(j, module, kind)  # noqa: E731
-        out = {"ln_1.weight": grow_out(mix("ln_1"), e), "ln_2.weight": grow_out(mix("ln_2"), e),
-               "attn.c_attn.weight": torch.cat([grow_out(grow_in(mix(m), e), c) for m, c in
+        out = {f"{NORM_1}.weight": grow_out(mix("ln_1"), e), f"{NORM_2}.weight": grow_out(mix("ln_2"), e),
+               f"{QKV}.weight": torch.cat([grow_out(grow_in(mix(m), e), c) for m, c in
                                                 (("q", q), ("k", k), ("v", v))]),
-               "attn.c_proj.weight": grow_out(grow_in(mix("o"), v), e),
-               "mlp.c_fc.weight": grow_out(grow_in(mix("fc"), e), fc),
-               "mlp.c_proj.weight": grow_out(grow_in(mix("proj"), fc), e)}
+               f"{ATTN_OUT}.weight": grow_out(grow_in(mix("o"), v), e),
+               f"{MLP_IN}.weight": grow_out(grow_in(mix("fc"), e), fc),
+               f"{MLP_OUT}.weight": grow_out(grow_in(mix("proj"), fc), e)}
         if self.depth_bias is not None:
-            out |= {"ln_1.bias": grow_out(mix("ln_1", "bias"), e), "ln_2.bias": grow_out(mix("ln_2", "bias"), e),
-                    "attn.c_attn.bias": torch.cat([grow_out(mix(m, "bias"), c) for m, c in
+            out |= {f"{NORM_1}.bias": grow_out(mix("ln_1", "bias"), e), f"{NORM_2}.bias": grow_out(mix("ln_2", "bias"), e),
+                    f"{QKV}.bias": torch.cat([grow_out(mix(m, "bias"), c) for m, c in
                                                    (("q", q), ("k", k), ("v", v))]),
-                    "attn.c_proj.bias": grow_out(mix("o", "bias"), e),
-                    "mlp.c_fc.bias": grow_out(mix("fc", "bias"), fc),
-                    "mlp.c_proj.bias": grow_out(mix("proj", "bias"), e)}
+                    f"{ATTN_OUT}.bias": grow_out(mix("o", "bias"), e),
+                    f"{MLP_IN}.bias": grow_out(mix("fc", "bias"), fc),
+                    f"{MLP_OUT}.bias": grow_out(mix("proj", "bias"), e)}
         return out
 
     def forward(self) -> Tensors:
         e = self.width_embd
-        out = {"wte.weight": grow_in(self.src_wte_weight, e), "wpe.weight": grow_in(self.src_wpe_weight, e),
-               "ln_f.weight": grow_out(self.src_ln_f_weight, e)}
+        out = {TOKEN: grow_in(self.src_token, e), POSITION: grow_in(self.src_position, e),
+               f"{FINAL_NORM}.weight": grow_out(self.src_final_norm_weight, e)}
         if self.target.bias:
-            out["ln_f.bias"] = grow_out(self.src_ln_f_bias, e)
+            out[f"{FINAL_NORM}.bias"] = grow_out(self.src_final_norm_bias, e)
         for j in range(self.target.n_layer):
-            out.update({f"blocks.{j}.{k}": v for k, v in self._block(j).items()})
+            out.update({f"{PREFIX}.{j}.{k}": v for k, v in self._block(j).items()})
         return out

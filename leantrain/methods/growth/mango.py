@@ -30,13 +30,14 @@ import torch.nn as nn
 
 from ...errors import ConfigError
 from ...models.gpt import GPT, GPTConfig
-from .layout import (GrowthOperator, Tensors, WidthMaps, chunked, check_growth, head_channels, head_size,
+from .layout import (ATTN_OUT, FINAL_NORM, MLP_IN, MLP_OUT, NON_BLOCK, NORM_1, NORM_2, POSITION, PREFIX, QKV, TOKEN,
+                     GrowthOperator, Tensors, WidthMaps, chunked, check_growth, head_channels, head_size,
                      selection, source_tensors, unit_map)
 
 BLOCKS = ("q", "k", "v", "o", "in0", "in1", "in2", "in3", "out0", "out1", "out2", "out3")
 OUTPUT_BLOCKS = ("o", "out0", "out1", "out2", "out3")
 """Blocks that write into the residual stream: zero in a block that is to start as an identity."""
-OUTPUT_VECTORS = ("attn.c_proj.bias", "mlp.c_proj.bias")
+OUTPUT_VECTORS = (f"{ATTN_OUT}.bias", f"{MLP_OUT}.bias")
 INITS = ("copy", "function_preserving")
 
 
@@ -44,9 +45,9 @@ def to_blocks(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
     """The layers' weight matrices as M ∈ ℝ^{B×D×D×L}, M[b, i, o, l] = W_b[o, i] in layer l."""
     d, layers = cfg.n_embd, []
     for l in range(cfg.n_layer):
-        p = f"blocks.{l}."
-        mats = [*tensors[p + "attn.c_attn.weight"].split(d), tensors[p + "attn.c_proj.weight"],
-                *tensors[p + "mlp.c_fc.weight"].split(d), *tensors[p + "mlp.c_proj.weight"].split(d, dim=1)]
+        p = f"{PREFIX}.{l}."
+        mats = [*tensors[p + f"{QKV}.weight"].split(d), tensors[p + f"{ATTN_OUT}.weight"],
+                *tensors[p + f"{MLP_IN}.weight"].split(d), *tensors[p + f"{MLP_OUT}.weight"].split(d, dim=1)]
         layers.append(torch.stack([w.T for w in mats]))
     return torch.stack(layers, dim=-1)
 
@@ -60,8 +61,8 @@ def from_blocks(m: torch.Tensor) -> list[Tensors]:
     layers = []
     for layer in m.permute(3, 0, 2, 1).unbind(0):  # [B, O, I] per layer: W_b = M[b, :, :, l]ᵀ
         w = layer.unbind(0)
-        layers.append({"attn.c_attn.weight": torch.cat(w[0:3]), "attn.c_proj.weight": w[3],
-                       "mlp.c_fc.weight": torch.cat(w[4:8]), "mlp.c_proj.weight": torch.cat(w[8:12], dim=1)})
+        layers.append({f"{QKV}.weight": torch.cat(w[0:3]), f"{ATTN_OUT}.weight": w[3],
+                       f"{MLP_IN}.weight": torch.cat(w[4:8]), f"{MLP_OUT}.weight": torch.cat(w[8:12], dim=1)})
     return layers
 
 
@@ -76,10 +77,10 @@ def tr_mpo(m1: torch.Tensor, s_b: torch.Tensor, s_i: torch.Tensor, s_o: torch.Te
 
 def vector_names(cfg: GPTConfig) -> list[str]:
     """A block's D-vectors outside M (LayerNorms, biases; c_attn and c_fc biases in D-chunks)."""
-    names = ["ln_1.weight", "ln_2.weight"]
+    names = [f"{NORM_1}.weight", f"{NORM_2}.weight"]
     if cfg.bias:
-        names += ["ln_1.bias", "ln_2.bias", *(f"attn.c_attn.bias.{k}" for k in range(3)), "attn.c_proj.bias",
-                  *(f"mlp.c_fc.bias.{k}" for k in range(4)), "mlp.c_proj.bias"]
+        names += [f"{NORM_1}.bias", f"{NORM_2}.bias", *(f"{QKV}.bias.{k}" for k in range(3)), f"{ATTN_OUT}.bias",
+                  *(f"{MLP_IN}.bias.{k}" for k in range(4)), f"{MLP_OUT}.bias"]
     return names
 
 
@@ -87,12 +88,12 @@ def _vectors(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
     """V ∈ ℝ^{K×D×L}: the vectors of :func:`vector_names` for every layer."""
     d, layers = cfg.n_embd, []
     for l in range(cfg.n_layer):
-        p = f"blocks.{l}."
-        vecs = [tensors[p + "ln_1.weight"], tensors[p + "ln_2.weight"]]
+        p = f"{PREFIX}.{l}."
+        vecs = [tensors[p + f"{NORM_1}.weight"], tensors[p + f"{NORM_2}.weight"]]
         if cfg.bias:
-            vecs += [tensors[p + "ln_1.bias"], tensors[p + "ln_2.bias"], *tensors[p + "attn.c_attn.bias"].split(d),
-                     tensors[p + "attn.c_proj.bias"], *tensors[p + "mlp.c_fc.bias"].split(d),
-                     tensors[p + "mlp.c_proj.bias"]]
+            vecs += [tensors[p + f"{NORM_1}.bias"], tensors[p + f"{NORM_2}.bias"], *tensors[p + f"{QKV}.bias"].split(d),
+                     tensors[p + f"{ATTN_OUT}.bias"], *tensors[p + f"{MLP_IN}.bias"].split(d),
+                     tensors[p + f"{MLP_OUT}.bias"]]
         layers.append(torch.stack(vecs))
     return torch.stack(layers, dim=-1)
 
@@ -103,13 +104,13 @@ def _unvector(v: torch.Tensor, cfg: GPTConfig) -> list[Tensors]:
 
 
 def _layer_vectors(vecs: Tensors, cfg: GPTConfig) -> Tensors:
-    out = {"ln_1.weight": vecs["ln_1.weight"], "ln_2.weight": vecs["ln_2.weight"]}
+    out = {f"{NORM_1}.weight": vecs[f"{NORM_1}.weight"], f"{NORM_2}.weight": vecs[f"{NORM_2}.weight"]}
     if cfg.bias:
-        out |= {"ln_1.bias": vecs["ln_1.bias"], "ln_2.bias": vecs["ln_2.bias"],
-                "attn.c_attn.bias": torch.cat([vecs[f"attn.c_attn.bias.{k}"] for k in range(3)]),
-                "attn.c_proj.bias": vecs["attn.c_proj.bias"],
-                "mlp.c_fc.bias": torch.cat([vecs[f"mlp.c_fc.bias.{k}"] for k in range(4)]),
-                "mlp.c_proj.bias": vecs["mlp.c_proj.bias"]}
+        out |= {f"{NORM_1}.bias": vecs[f"{NORM_1}.bias"], f"{NORM_2}.bias": vecs[f"{NORM_2}.bias"],
+                f"{QKV}.bias": torch.cat([vecs[f"{QKV}.bias.{k}"] for k in range(3)]),
+                f"{ATTN_OUT}.bias": vecs[f"{ATTN_OUT}.bias"],
+                f"{MLP_IN}.bias": torch.cat([vecs[f"{MLP_IN}.bias.{k}"] for k in range(4)]),
+                f"{MLP_OUT}.bias": vecs[f"{MLP_OUT}.bias"]}
     return out
 
 
@@ -178,12 +179,12 @@ class MangoOperator(GrowthOperator):
         else:
             self.gate = self.vector_gate = None
             self.new_blocks = []
-        ref = tensors["wte.weight"]
+        ref = tensors[TOKEN]
         self.register_buffer("m1", to_blocks(tensors, src), persistent=False)
         self.register_buffer("v1", _vectors(tensors, src), persistent=False)
-        for key in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        for role, key in NON_BLOCK:
             if key in tensors:
-                self.register_buffer("src_" + key.replace(".", "_"), tensors[key], persistent=False)
+                self.register_buffer(f"src_{role}", tensors[key], persistent=False)
         self.to(device=ref.device, dtype=ref.dtype)
 
     def forward(self) -> Tensors:
@@ -192,10 +193,10 @@ class MangoOperator(GrowthOperator):
         if self.gate is not None:
             m2 = m2 * self.gate[:, None, None, :]
             v2 = v2 * self.vector_gate[:, None, :]
-        out = {"wte.weight": self.src_wte_weight @ self.width, "wpe.weight": self.src_wpe_weight @ self.width,
-               "ln_f.weight": (self.src_ln_f_weight @ self.width) * self.head_scale}
+        out = {TOKEN: self.src_token @ self.width, POSITION: self.src_position @ self.width,
+               f"{FINAL_NORM}.weight": (self.src_final_norm_weight @ self.width) * self.head_scale}
         if self.target.bias:
-            out["ln_f.bias"] = (self.src_ln_f_bias @ self.width) * self.head_scale
+            out[f"{FINAL_NORM}.bias"] = (self.src_final_norm_bias @ self.width) * self.head_scale
         for l, (mats, vecs) in enumerate(zip(from_blocks(m2), _unvector(v2, self.target))):
-            out.update({f"blocks.{l}.{k}": v for k, v in (mats | vecs).items()})
+            out.update({f"{PREFIX}.{l}.{k}": v for k, v in (mats | vecs).items()})
         return out

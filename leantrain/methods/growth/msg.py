@@ -31,7 +31,9 @@ import torch
 
 from ...errors import ConfigError
 from ...models.gpt import GPT, GPTConfig
-from .layout import Tensors, check_growth, get_block, parameter_shapes, put_block, source_tensors
+from ...models.protocol import adapt
+from .layout import (ATTN_OUT, FINAL_NORM, MLP_IN, MLP_OUT, NORM_1, NORM_2, POSITION, PREFIX, QKV, TOKEN, Tensors,
+                     module_of, check_growth, get_block, parameter_shapes, put_block, source_tensors)
 
 
 @dataclass
@@ -49,22 +51,22 @@ class MSGGrowth:
     def old_index(self, name: str) -> tuple[torch.Tensor, ...] | None:
         """Per dimension, the indices of the target tensor ``name`` that hold the source's entries
         (None for parameters of new blocks)."""
-        if name.startswith("blocks.") and int(name.split(".")[1]) >= self.source.n_layer:
+        if name.startswith(f"{PREFIX}.") and int(name.split(".")[1]) >= self.source.n_layer:
             return None
         d1, d2 = self.source.n_embd, self.target.n_embd
         embd = torch.arange(d1)
-        if name.endswith("c_attn.weight") or name.endswith("c_attn.bias"):
+        if name.endswith(f"{QKV}.weight") or name.endswith(f"{QKV}.bias"):
             rows = torch.cat([embd, embd + d2, embd + 2 * d2])  # q | k | v, each starting at a part
             return (rows, embd) if name.endswith("weight") else (rows,)
-        if name.endswith("c_fc.weight"):
+        if name.endswith(f"{MLP_IN}.weight"):
             return torch.arange(4 * d1), embd
-        if name.endswith("c_fc.bias"):
+        if name.endswith(f"{MLP_IN}.bias"):
             return (torch.arange(4 * d1),)
-        if name.endswith("mlp.c_proj.weight"):
+        if name.endswith(f"{MLP_OUT}.weight"):
             return embd, torch.arange(4 * d1)
-        if name in ("wte.weight", "wpe.weight"):
-            return torch.arange(self.source.vocab_size if name == "wte.weight" else self.source.block_size), embd
-        if name.endswith("c_proj.weight"):
+        if name in (TOKEN, POSITION):
+            return torch.arange(self.source.vocab_size if name == TOKEN else self.source.block_size), embd
+        if name.endswith(f"{ATTN_OUT}.weight"):
             return embd, embd
         return (embd,)  # LayerNorms and the remaining biases
 
@@ -83,7 +85,8 @@ def _fresh(name: str, shape: torch.Size, std: float, like: torch.Tensor, generat
     """MSG's init of new entries: weights N(0, std), LayerNorm γ = 1, biases 0."""
     if name.endswith("bias"):
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    if ".ln_" in name or name.startswith("ln_"):
+    module = name.rsplit(".", 1)[0]
+    if module == FINAL_NORM or module.endswith((f".{NORM_1}", f".{NORM_2}")):
         return torch.ones(shape, dtype=like.dtype, device=like.device)
     return (torch.randn(shape, generator=generator) * std).to(like)
 
@@ -114,7 +117,7 @@ def msg_grow(source: GPT, target: GPTConfig, std: float = 0.02,
         if new_blocks == "copy":
             put_block(out, j, {k: v.clone() for k, v in get_block(out, i).items()})
         else:
-            put_block(out, j, {k: _fresh(f"blocks.{j}.{k}", v.shape, std, v, generator)
+            put_block(out, j, {k: _fresh(f"{PREFIX}.{j}.{k}", v.shape, std, v, generator)
                                for k, v in get_block(out, i).items()})
         growth.block_source.append(i if new_blocks == "copy" else -1)
     return out, growth
@@ -171,17 +174,20 @@ class MSGMasks:
         if self.handles:
             raise RuntimeError("MSGMasks is already attached")
         d1, hook = self.growth.source.n_embd, self.handles.append
+        blocks = adapt(model).blocks
         if self.growth.target.n_embd > d1:
-            for emb in (model.wte, model.wpe):
+            for emb in (model.get_submodule(module_of(TOKEN)), model.get_submodule(module_of(POSITION))):
                 hook(emb.register_forward_hook(self._stream))
-            for ln in [model.ln_f] + [ln for b in model.blocks for ln in (b.ln_1, b.ln_2)]:
+            norms = [b.get_submodule(n) for b in blocks for n in (NORM_1, NORM_2)]
+            for ln in [model.get_submodule(FINAL_NORM)] + norms:
                 hook(ln.register_forward_hook(self._layer_norm))
-            for b in model.blocks:
-                for proj, n_old in ((b.attn.c_proj, d1), (b.mlp.c_proj, 4 * d1)):  # heads' channels, MLP units
+            for b in blocks:
+                # heads' channels, MLP units
+                for proj, n_old in ((b.get_submodule(ATTN_OUT), d1), (b.get_submodule(MLP_OUT), 4 * d1)):
                     hook(proj.register_forward_pre_hook(functools.partial(self._new_units, n_old)))
                     hook(proj.register_forward_hook(self._stream))
         for j in self.growth.new_blocks:
-            hook(model.blocks[j].register_forward_hook(self._new_block))
+            hook(blocks[j].register_forward_hook(self._new_block))
 
     # -- the hooks (forward hooks get (module, args, output), pre-hooks (module, args))
     def _stream(self, module, args, out):

@@ -202,7 +202,38 @@ class LocalModel(nn.Module, ModelProtocol):
             h = h + ctx[f"R{j}"](inputs[src].detach())
         return h
 
+    def cut_forward(self, x, on_cut) -> torch.Tensor:
+        """Units cut by hooks (protocol ``unit_hooks``): run the base model's own forward — which
+        computes its masks, positions, etc. between units — with a forward hook on the last unit of
+        every module but the last; the hook hands that unit's output to ``on_cut(k, out, inputs,
+        memo)`` and returns what it gives (module k + 1's input) in the output's place. The logits."""
+        units, inputs, memo, handles = self.view, [x], {}, []
+
+        def keep_embedding(module, args, output):
+            memo["embedding"] = units.output(output).detach()
+
+        def cut(k):
+            def hook(module, args, output):
+                return units.replace_output(output, on_cut(k, units.output(output), inputs, memo))
+            return hook
+        if units.kind == "tokens":
+            handles.append(units.modules[0].register_forward_hook(keep_embedding))
+        handles += [units.modules[c].register_forward_hook(cut(k)) for k, c in enumerate(self.cuts)]
+        try:
+            logits, _ = self.base(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return logits
+
     def forward(self, x, targets=None):
+        if not self.view.callable:
+            def deployed(k, out, inputs, memo):
+                h = self.supply(k, out, x, inputs, memo)
+                inputs.append(h)
+                return h
+            h = self.cut_forward(x, deployed)
+            return h, None if targets is None else F.cross_entropy(h.reshape(-1, h.size(-1)), targets.reshape(-1))
         h, inputs, memo = x, [x], {}
         for k in range(self.n_modules):
             h = self.run_module(k, h, memo)
@@ -312,8 +343,12 @@ class LocalLearning(Method):
     def check(self, state: State) -> None:
         cfg, model, t = self.cfg, state.model, state.recipe.train
         info = state.data.info()
-        shape = info.input_shape if info.task == "classification" else (model.config.block_size,)
+        shape = info.input_shape if info.task == "classification" else (state.data.items_per_sample(state.recipe.model),)
         view = unit_view(model, shape)
+        if not view.callable and (cfg.cuts in ("memory", "compute") or cfg.parallel == "modules"):
+            raise ConfigError(f"methods.local: model {type(model).__name__}'s units run only inside its own "
+                              "forward (cut by hooks), so they cannot be measured one by one (cuts: memory, "
+                              "compute) or put on different ranks (parallel: modules); use cuts: equal or a list")
         n, K = view.n_cuttable, cfg.k
         if K > n:
             raise ConfigError(f"methods.local.modules: {K} modules, but the model has only {n} units to "
@@ -358,7 +393,8 @@ class LocalLearning(Method):
                 self.input_shape, self.n_classes = list(info.input_shape), info.num_classes
                 self.bce = getattr(state.data, "x_train", torch.empty(0)).dtype == torch.uint8
             else:
-                self.input_shape, self.n_classes = [state.model.config.block_size], state.model.config.vocab_size
+                T = state.data.items_per_sample(state.recipe.model)
+                self.input_shape, self.n_classes = [T], unit_view(state.model, (T,)).shapes[-1][-1]
             self.cuts = self._resolve_cuts(state)
         if self.bce and state.data is not None:  # training: BCE targets are the de-normalised input
             device = next(state.model.parameters()).device
@@ -411,6 +447,8 @@ class LocalLearning(Method):
 
     def training_step(self, state: State, model, x, y):
         lm: LocalModel = state.model
+        if not lm.view.callable:
+            return self._hooked_step(state, lm, x, y)
         immediate = self.cfg.resolved("update") == "immediate"
         K, pipe = lm.n_modules, self.pipeline
         first, end = (pipe.first, pipe.end) if pipe else (0, K)
@@ -447,6 +485,37 @@ class LocalLearning(Method):
         if distributed.active():  # BatchNorm statistics: the first replica's, as DDP keeps them
             buffers = [b for k in range(first, end) for b in lm.module_buffers(k)]
             distributed.broadcast_tensors(buffers, src=pipe.stage if pipe else 0, group=group)
+        return loss.detach() if finite else loss.detach() * float("nan")
+
+    def _hooked_step(self, state: State, lm: LocalModel, x, y):
+        """The step on units cut by hooks: one forward of the base model; at each cut the hook
+        computes the module's local loss, backpropagates it (freeing its graph), and hands on the
+        detached output (+ contexts) — the same arithmetic as the callable path, module by module."""
+        immediate, finite = self.cfg.resolved("update") == "immediate", True
+
+        def on_cut(k, out, inputs, memo):
+            nonlocal finite
+            loss = self.local_loss(lm, k, out, x, y)
+            loss.backward()
+            state.log(f"local/loss{k}", float(loss.detach()))
+            if immediate:
+                finite &= self._update(state, lm, k, loss)
+            h = lm.supply(k, out, x, inputs, memo)
+            inputs.append(h.detach())
+            return h
+        out = lm.cut_forward(x, on_cut)
+        k = lm.n_modules - 1
+        loss = F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
+        loss.backward()
+        state.log(f"local/loss{k}", float(loss.detach()))
+        if immediate:
+            finite &= self._update(state, lm, k, loss)
+        else:
+            distributed.average_gradients([p for j in range(lm.n_modules) for p in lm.module_parameters(j)])
+            for j in range(lm.n_modules):
+                self._clip(state, lm.module_parameters(j))
+        if distributed.active():
+            distributed.broadcast_tensors([b for j in range(lm.n_modules) for b in lm.module_buffers(j)], src=0)
         return loss.detach() if finite else loss.detach() * float("nan")
 
     def _clip(self, state: State, params) -> None:

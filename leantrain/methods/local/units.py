@@ -23,13 +23,12 @@ UnitView = Units
 
 
 def unit_view(model: nn.Module, input_shape: tuple[int, ...]) -> Units:
-    """The model's ordered units through the model protocol (capability ``units``): a ResNet's stem,
-    blocks and head; a GPT's embedding, blocks and head; any model that declares them."""
+    """The model's ordered units through the model protocol: capability ``units`` (callable: a
+    ResNet's stem, blocks and head; a GPT's embedding, blocks and head) or ``unit_hooks`` (run by the
+    model's own forward, cut by forward hooks: ``Units.callable`` is False)."""
     view = adapt(model)
     if not view.supports("units") and view.supports("unit_hooks"):
-        raise ConfigError(f"methods.local: model {type(model).__name__} runs its units only inside its own "
-                          "forward (capability unit_hooks); local learning here needs callable units "
-                          "(capability units)")
+        return view.local_units(tuple(input_shape))  # cut by forward hooks inside the model's forward
     view = require(model, "units", "methods.local",
                    f"local learning needs a model made of ordered units (resnet, gpt); {type(model).__name__} "
                    "does not declare them")
