@@ -325,3 +325,38 @@ def test_the_pools_default_stitch_init_starts_no_worse_than_least_squares_on_a_h
     assert torch.equal(d, ls)  # the default is least squares
     assert d.mean() <= l.mean()  # and it starts the descendants no worse than the learned init
     assert (d <= l + 1e-6).float().mean() >= 0.5
+
+
+def test_stitch_lr_scale_trains_the_stitches_at_a_multiple_of_the_runs_rate_and_resumes_exactly(sources, tmp_path):
+    from leantrain import Event, Method
+    from leantrain.core.trainer import lr_at
+
+    class Rates(Method):
+        name = "probe_rates"
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_event(self, event, state):
+            if event is Event.STEP_END:  # after the optimizer step: the rates it used
+                stitch = {id(p) for p in state.model.stitches.parameters()}
+                rates = {(any(id(p) in stitch for p in g["params"]), g["lr"]) for g in state.optimizer.param_groups
+                         if g["params"]}
+                self.seen.append((state.step - 1, rates))
+
+    recipe = snnet_recipe(sources, final_eval="none", stitch_lr_scale=5.0)
+    probe = Rates()
+    Trainer(Recipe.from_dict(recipe), tmp_path / "full", methods=[probe], verbose=False, progress=False).fit()
+    t = Recipe.from_dict(recipe).train
+    for step, rates in probe.seen:
+        want = lr_at(step, t)
+        assert {r for s, r in rates if not s} == {want}
+        assert [r for s, r in rates if s] == pytest.approx([5.0 * want] * sum(s for s, _ in rates))
+        assert any(s for s, _ in rates)
+    _train(recipe, tmp_path / "part", until=5)
+    _train(recipe, tmp_path / "part", resume=tmp_path / "part")
+    losses = lambda run: [r.get("train_loss") for r in read_metrics(run)]  # noqa: E731
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+    plain = _train(snnet_recipe(sources, final_eval="none"), tmp_path / "plain")
+    assert losses(plain) != losses(tmp_path / "full")  # the factor changes training

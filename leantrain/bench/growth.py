@@ -222,8 +222,8 @@ def sweep_row(setting: Setting, name: str, row: str, sources: dict, threads: int
             tried.append({"schedule": asdict(sched), "final_val_loss": f["loss"], "final_val_loss_se": f["loss_se"],
                           "wall_seconds": run.summary["wall_seconds"]})
             log(f"sweep {name + '/' if name else ''}{row}: {sched.label()}: val {f['loss']:.4f} (whole split)")
-            if f["loss"] < best_loss:
-                best, best_loss = sched, f["loss"]
+            if f["loss"] < best_loss or best is None:  # a non-finite loss never wins over a finite one
+                best, best_loss = sched, (f["loss"] if math.isfinite(f["loss"]) else math.inf)
     return {"winner": asdict(best), "final_val_loss": best_loss, "tried": tried}
 
 
