@@ -119,6 +119,9 @@ def test_sweep_picks_a_winner_per_row_and_the_seeded_run_uses_it(tmp_path):
     bad.write_text("{}")
     with pytest.raises(LeantrainError, match="not a growth sweep file"):
         growth.read_schedules(bad)
+    both = argparse.Namespace(**{**vars(args), "sweep": True})
+    with pytest.raises(LeantrainError, match="use one"):
+        growth.run_setting(both, tiny)
 
 
 def _rows(flops: dict[str, list[float | None]], seconds_factor: float = 1.0) -> list[dict]:

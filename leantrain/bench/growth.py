@@ -490,6 +490,8 @@ def run(args) -> int:
 def run_setting(args, setting: Setting) -> int:
     names = tuple(n for n in SETTINGS if n in (getattr(args, "setting", None) or SETTINGS))
     if getattr(args, "sweep", False):
+        if getattr(args, "schedules", None) is not None:
+            raise LeantrainError("--sweep chooses the schedules; --schedules gives them to the seeded rows: use one")
         return run_sweep(args, setting, names)
     schedules, sweep = read_schedules(getattr(args, "schedules", None))
     seeds = seeds_for(args)
