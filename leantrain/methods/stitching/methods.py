@@ -399,8 +399,8 @@ class LearngenePoolConfig(FamilyOptions):
     """Stitch every narrower → wider pair of auxiliary models (all), or only neighbours in width."""
     init: Literal["learned", "least_squares", "none"] = "least_squares"
     """Stitch init: least squares on one batch of activations (as SN-Net; the default: on held-out
-    batches it starts the descendants lower than the learned init — tests/test_stitching_methods.py,
-    and the issue-21 probe), learned (the paper's idea: through the distillation projections,
+    batches it started every descendant lower than the learned init, and they ended lower — the
+    tests and scripts/pool_init_probe.py, see the card), learned (the paper's idea: through the distillation projections,
     W = P̄_end·pinv(P̄_front), b = c̄_end − W·c̄_front, in both instances' own bases), or PyTorch's
     default Linear init."""
     distill: bool = False
