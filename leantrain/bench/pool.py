@@ -82,7 +82,7 @@ class Setting:
 CPU = Setting()
 # Budget (by estimate from the committed runs' measured seconds; the shared machine is too noisy to
 # time on): anchors 4×64 / 4×128 / 4×192, 1000 steps: 21 + 62 + 124 s; the three 2-block distillations
-# (≈ 312 steps each under --budget flops, teacher forwards included) ≈ 75 s; the family stages at 2000
+# (≈ 327 steps each under --budget flops, teacher forwards included) ≈ 75 s; the family stages at 2000
 # steps ≈ 170 s (SN-Net, 0.086 s/step measured at 500 steps) and ≈ 110 s (pool); the final whole-split
 # scoring of 23 + 15 configurations and the curves' evaluations ≈ 3 min. ≈ 13 min a seed, 3 seeds ≈ 40
 # min; every run ≤ 3 minutes.
