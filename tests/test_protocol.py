@@ -176,8 +176,8 @@ def test_require_names_the_method_the_capability_and_the_models_reason():
     with pytest.raises(ConfigError) as e:
         protocol.require(gpt, "pipeline", "methods.local.parallel")
     assert str(e.value) == ("methods.local.parallel: needs units that split into sequential stages on different "
-                            "processes, which model GPT does not declare (its output head shares the token "
-                            "embedding with the first unit)")
+                            "processes, which model GPT does not declare: its output head shares the token "
+                            "embedding with the first unit")
     with pytest.raises(KeyError, match="unknown capability"):
         protocol.require(gpt, "teleport", "x")
 
@@ -358,3 +358,42 @@ def test_hooked_units_are_gradient_isolated(masked_models):
     assert base.layers[1].fc.weight.grad is not None and seen["out"].requires_grad
     lm.eval()
     assert torch.equal(lm(x)[0], base(x)[0])  # no contexts: the deployed network is the base model
+
+
+def test_depth_changes_go_through_set_blocks_and_its_renumbering_hook():
+    """Stacking changes depth only through the protocol's set_blocks, so a model whose blocks carry
+    their index (as Hugging Face attention layers carry layer_idx) and whose config counts them stays
+    consistent after every cut and copy."""
+    from leantrain.methods.progressive.stacking import cut_blocks, moment_map, stack_blocks
+
+    class Indexed(nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.layer_idx, self.fc = i, nn.Linear(2, 2)
+
+    class Net(nn.Module, protocol.ModelProtocol):
+        CAPABILITIES = frozenset({"blocks", "depth_change"})
+        block_prefix = "layers"
+
+        def __init__(self):
+            super().__init__()
+            self.n_layer = 4
+            self.layers = nn.ModuleList(Indexed(i) for i in range(4))
+
+        @property
+        def blocks(self):
+            return self.layers
+
+        def set_blocks(self, blocks):
+            self.layers = nn.ModuleList(blocks)
+            for i, b in enumerate(self.layers):  # the after-depth-change hook
+                b.layer_idx = i
+            self.n_layer = len(self.layers)
+
+    net = Net()
+    cut_blocks(net, 2)
+    assert net.n_layer == 2 and [b.layer_idx for b in net.layers] == [0, 1]
+    copies = stack_blocks(net, 4, "copy_top")
+    assert net.n_layer == 4 and [b.layer_idx for b in net.layers] == [0, 1, 2, 3] and copies == {2: 0, 3: 1}
+    assert net.layers[2] is not net.layers[0] and torch.equal(net.layers[2].fc.weight, net.layers[0].fc.weight)
+    assert moment_map(net, copies)["layers.2.fc.weight"] == "layers.0.fc.weight"

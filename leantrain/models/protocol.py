@@ -261,9 +261,9 @@ class _Undeclared(Adapter):
     def why_not(self, name: str) -> str | None:
         looks = [a for a in ("blocks", "plan", "set_dropout", "units", "embed", "head")
                  if hasattr(self.model, a)]
-        has = f"it has attribute(s) {', '.join(looks)} but " if looks else ""
-        return (f"{has}declares no capabilities: implement capabilities() (leantrain.models.protocol) "
-                "or register an adapter for its class (see leantrain/models/README.md)")
+        has = f"it has attributes {', '.join(looks)} but " if looks else "it "
+        return (f"{has}declares no capabilities; implement capabilities() from leantrain.models.protocol "
+                "or register an adapter for its class, as leantrain/models/README.md shows")
 
 
 ADAPTERS: dict[type, Callable[[nn.Module], ModelProtocol]] = {}
@@ -318,7 +318,7 @@ def require(model: nn.Module, capability: str, method: str, message: str = "") -
         return view
     reason = view.why_not(capability)
     text = message or f"needs {CAPABILITIES[capability]}, which model {type(model).__name__} does not declare"
-    raise ConfigError(f"{method}: {text}" + (f" ({reason})" if reason else ""))
+    raise ConfigError(f"{method}: {text}" + (f": {reason}" if reason else ""))
 
 
 def block_prefix(model: nn.Module) -> str:

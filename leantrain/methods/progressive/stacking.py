@@ -118,12 +118,14 @@ class Stacking(Method):
         return sum(s * d for s, d in zip(steps, self.depths(L))) / (max_steps * L)
 
     def check(self, state: State) -> None:
-        why = (f"stacking grows depth by copying blocks, so every block must have the same shape; model "
-               f"{type(state.model).__name__}'s blocks differ (use gpt)")
+        name = type(state.model).__name__
         for capability in ("blocks", "depth_change"):
-            model = require(state.model, capability, "methods.stacking", why)
+            model = require(state.model, capability, "methods.stacking",
+                            f"stacking grows depth by copying blocks, so every block must have the same shape "
+                            f"and model {name} must declare replacing its blocks (capability depth_change)")
         if not same_shape_blocks(model.blocks):
-            raise ConfigError(f"methods.stacking: {why}")
+            raise ConfigError(f"methods.stacking: stacking grows depth by copying blocks, so every block must have "
+                              f"the same shape; model {name}'s blocks differ (use gpt)")
         L = self.full_depth = len(model.blocks)
         depths = self.depths(L)
         if depths[-1] != L:
