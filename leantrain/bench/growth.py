@@ -119,14 +119,19 @@ TARGET = {"n_layer": 6, "n_head": 8, "n_embd": 128, "block_size": 64, "dropout":
 SOURCES = {"depth": {**TARGET, "n_layer": 3},
            "width_depth": {**TARGET, "n_layer": 4, "n_head": 4, "n_embd": 64},
            "width": {**TARGET, "n_head": 4, "n_embd": 64}}
-# Budget (by estimate; the shared machine's clock is too noisy to time on): the committed 400-step
-# target runs trained in ≈ 40 s each (0.1 s/step at one thread) plus ≈ 15 s of evaluation; 20 target
-# runs per seed (scratch + 5 + 7 + 7) and three sources (≈ 45 s together) make ≈ 19 min a seed, so two
-# seeds fit a 45-minute suite (three ≈ 57 min). The sweep (one seed) runs 4 schedules for scratch and
-# 4–5 per row, ≈ 85 runs ≈ 80 min in all, ≈ 25–30 min per setting (``--setting``). Trained operators
-# get 10% of the run; MSG's ramp and the warm-up 30 steps.
-FULL = Setting(target=TARGET, sources=SOURCES, rows=settings_rows(operators(40, 30)), steps=400,
-               source_steps=400, eval=(20, 8))
+# Budget (by estimate; the shared machine's clock is too noisy to time on). The committed 400-step runs
+# trained a 6×128 target at 0.1 s/step (one thread). Measured today against a training step of the
+# same model (262 ms on the loaded machine): a whole-split evaluation ≈ 41 steps (10.8 s), a fixed
+# 8-batch one ≈ 2.7 steps — at the committed speed ≈ 4 s and ≈ 0.3 s. A 300-step run: 30 s training
+# + 15 fixed evaluations (4 s) + ≈ 3 whole-split scores (final, best, probes near the target; 12 s) +
+# set-up ≈ 48 s; the trained operators' 30 steps cost ≈ 3–7 target steps each (--quick, loaded),
+# ≈ +15 s for those 6 rows. 20 target runs per seed (scratch + 5 + 7 + 7) + 3 sources ≈ 18.5 min a seed:
+# two seeds ≈ 37 min, inside a 45-minute suite (three ≈ 56 min; at 400 steps two seeds would be ≈ 46
+# min). The sweep (one seed): 4 schedules for scratch and 4–5 per row, ≈ 90 runs ≈ 75 min in all, ≈ 25
+# min per ``--setting`` (scratch swept in each). Trained operators get 10% of the run; MSG's ramp and
+# the warm-up 30 steps.
+FULL = Setting(target=TARGET, sources=SOURCES, rows=settings_rows(operators(30, 30)), steps=300,
+               source_steps=300, eval=(20, 8))
 QUICK = replace(FULL, steps=60, source_steps=60, eval=(20, 2), rows=settings_rows(operators(8, 10)), warmup=10,
                 sweep_lrs=(3e-3, 5e-3))
 
