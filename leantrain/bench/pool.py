@@ -60,9 +60,10 @@ class Setting:
     batch: int = 12
     steps: dict = field(default_factory=lambda: {"full": 1000, "quick": 120})
     """S: steps of each anchor (and so of the ancestry)."""
-    family_steps: dict = field(default_factory=lambda: {"full": 2000, "quick": 60})
-    """K: steps of each family's training (SN-Net and the pool alike): ≈ 87 per configuration for
-    SN-Net's 23, ≈ 133 for the pool's 15 (was 500: ≈ 22 and ≈ 55)."""
+    family_steps: dict = field(default_factory=lambda: {"full": 1200, "quick": 60})
+    """K: steps of each family's training (SN-Net and the pool alike): ≈ 52 per configuration for
+    SN-Net's 23, 80 for the pool's 15 (was 500: ≈ 22 and ≈ 55). Longer breaks "≤ 3 minutes a run":
+    SN-Net's run is ≈ 1.7 min of training + ≈ 1 min scoring its 23 configurations on the whole split."""
     eval: dict = field(default_factory=lambda: {"full": (200, 10), "quick": (40, 4)})
     """(eval_interval, eval_iters) of the component runs' curves; fixed batches."""
     lr: float = 2e-3
@@ -82,10 +83,11 @@ class Setting:
 CPU = Setting()
 # Budget (by estimate from the committed runs' measured seconds; the shared machine is too noisy to
 # time on): anchors 4×64 / 4×128 / 4×192, 1000 steps: 21 + 62 + 124 s; the three 2-block distillations
-# (≈ 327 steps each under --budget flops, teacher forwards included) ≈ 75 s; the family stages at 2000
-# steps ≈ 170 s (SN-Net, 0.086 s/step measured at 500 steps) and ≈ 110 s (pool); the final whole-split
-# scoring of 23 + 15 configurations and the curves' evaluations ≈ 3 min. ≈ 13 min a seed, 3 seeds ≈ 40
-# min; every run ≤ 3 minutes.
+# (≈ 327 steps each under --budget flops; a step = the auxiliary's + a 4×192 teacher forward) ≈ 75 s;
+# the family stages at 1200 steps ≈ 105 s (SN-Net, 0.086 s/step measured at 500 steps) and ≈ 55 s
+# (pool); whole-split scoring (≈ 4 s for a 6×128-sized forward pass over the split, measured relative
+# to a training step): every configuration at the end, 23 + 15, and each component run's final ≈ 2.5
+# min. ≈ 11 min a seed, 3 seeds ≈ 33 min; the longest run (SN-Net's family) ≈ 2.8 min with its scoring.
 
 
 def _train(steps: int, lr: float, eval_: tuple, threads: int, batch: int) -> dict:
