@@ -2,6 +2,7 @@
 and its verdict follows the goals and the noise rule on synthetic rows."""
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,8 +101,12 @@ def test_sweep_picks_a_winner_per_row_and_the_seeded_run_uses_it(tmp_path):
     assert len(tried["scratch"]) == n_lrs + 1  # the LR grid, then no warm-up
     assert [t.moments for t in tried["depth/stackbert"]][-1] == "carry" and len(tried["depth/stackbert"]) == n_lrs + 2
     assert [t.init for t in tried["depth/mango"]][-1] == "function_preserving"
-    for row, r in sweep["rows"].items():  # the winner is the lowest loss tried
-        best = min(r["tried"], key=lambda t: t["final_val_loss"])
+    for row, r in sweep["rows"].items():  # the grid's lowest loss, then changes measurably lower only
+        best = min((t for t in r["tried"] if t["step"] == 0), key=lambda t: t["final_val_loss"])
+        for t in r["tried"]:
+            if t["step"] > 0 and t["final_val_loss"] < best["final_val_loss"] - 2 * math.hypot(
+                    t["final_val_loss_se"], best["final_val_loss_se"]):
+                best = t
         assert r["winner"] == best["schedule"] and r["final_val_loss"] == best["final_val_loss"]
     assert "| depth/mango |" in (out / "sweep.md").read_text()
     # the seeded rows train with the winners
@@ -147,3 +152,13 @@ def test_verdict_follows_the_goals_and_the_noise_rule():
     slow = "\n".join(growth.verdict(_rows({"scratch": [1.0] * 3, "mango": [0.5, 0.5, 0.5]}, seconds_factor=1.5)))
     assert "Mango saves ≥ 60% of scratch's FLOPs: not met** — 50%" in slow and "our setting gives less" in slow
     assert "wall-time saving 25% vs FLOP saving 50% (goal: at most 10 points below): **not met**" in slow
+
+
+def test_a_later_sweep_step_wins_only_beyond_the_noise():
+    grid = {"final_val_loss": 2.50, "final_val_loss_se": 0.005}
+    assert growth.wins({"final_val_loss": 2.499, "final_val_loss_se": 0.005}, grid, step=0)  # the grid: lowest
+    assert not growth.wins({"final_val_loss": 2.49, "final_val_loss_se": 0.005}, grid, step=1)  # within 2·√2·SE
+    assert growth.wins({"final_val_loss": 2.48, "final_val_loss_se": 0.005}, grid, step=3)
+    assert not growth.wins({"final_val_loss": float("nan"), "final_val_loss_se": 0.0}, grid, step=0)
+    assert growth.wins(grid, {"final_val_loss": float("nan"), "final_val_loss_se": 0.0}, step=1)
+    assert growth.wins(grid, None, step=0)

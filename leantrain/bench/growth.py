@@ -15,7 +15,8 @@ Scratch (the target from random init) is one run per seed, shared by the setting
 carried or reset, Mango's init) is chosen per row, scratch included, by one small sweep on the
 validation split (``--sweep``, one seed of its own, coordinate search: the peak-LR grid with re-warm
 and reset moments, then re-warm off, then carried moments where the operator can carry them, then
-Mango's function-preserving init; the lowest whole-split final val loss wins each step). The
+Mango's function-preserving init; the lowest whole-split final val loss wins the grid, a later change
+only when it is lower by more than the evaluation noise: :func:`wins`). The
 seeded run reads the winners with ``--schedules FILE``; without it every row uses today's schedule
 (peak 5e-3, re-warm, reset moments, copy init), and the report says so.
 
@@ -217,19 +218,37 @@ def candidates(row: str, step: int, best: Schedule, setting: Setting) -> list[Sc
     return []
 
 
+def wins(new: dict, best: dict | None, step: int) -> bool:
+    """Whether a tried schedule ``new`` ({final_val_loss, final_val_loss_se}) replaces ``best``. In the
+    LR grid (step 0) the lowest loss wins; a later step's change (re-warm off, carried moments, Mango's
+    function-preserving init) must be lower by more than the evaluation noise, 2·√(SE² + SE²) — the
+    suite's noise rule —, or the simpler schedule stays. A non-finite loss never wins over a finite one."""
+    loss = new["final_val_loss"]
+    if best is None:
+        return True
+    if not math.isfinite(loss):
+        return False
+    if not math.isfinite(best["final_val_loss"]):
+        return True
+    margin = 0.0 if step == 0 else 2 * math.hypot(new["final_val_loss_se"], best["final_val_loss_se"])
+    return loss < best["final_val_loss"] - margin
+
+
 def sweep_row(setting: Setting, name: str, row: str, sources: dict, threads: int, log=stderr_log) -> dict:
-    """Coordinate search for one row on the sweep seed: {winner, tried: [{schedule, loss, se}]}."""
-    tried, best, best_loss = [], None, math.inf
+    """Coordinate search for one row on the sweep seed: {winner, final_val_loss, tried: [{step,
+    schedule, final_val_loss, final_val_loss_se, wall_seconds}]}."""
+    tried, best, best_sched = [], None, None
     for step in range(4):
-        for sched in candidates(row, step, best, setting):
+        for sched in candidates(row, step, best_sched, setting):
             run = run_job(row_job(setting, name, row, sched, sources, threads), SWEEP_SEED)
             f = run.figures["final"]
-            tried.append({"schedule": asdict(sched), "final_val_loss": f["loss"], "final_val_loss_se": f["loss_se"],
-                          "wall_seconds": run.summary["wall_seconds"]})
+            t = {"step": step, "schedule": asdict(sched), "final_val_loss": f["loss"], "final_val_loss_se": f["loss_se"],
+                 "wall_seconds": run.summary["wall_seconds"]}
+            tried.append(t)
             log(f"sweep {name + '/' if name else ''}{row}: {sched.label()}: val {f['loss']:.4f} (whole split)")
-            if f["loss"] < best_loss or best is None:  # a non-finite loss never wins over a finite one
-                best, best_loss = sched, (f["loss"] if math.isfinite(f["loss"]) else math.inf)
-    return {"winner": asdict(best), "final_val_loss": best_loss, "tried": tried}
+            if wins(t, best, step):
+                best, best_sched = t, sched
+    return {"winner": asdict(best_sched), "final_val_loss": best["final_val_loss"], "tried": tried}
 
 
 def run_sweep(args, setting: Setting, names) -> int:
@@ -276,8 +295,9 @@ def sweep_section(sweep: dict | None) -> list[str]:
     lines = [f"One seed ({s['seed']}, none of the seeded rows'), {s['steps']} steps per run"
              + (" (--quick: a smoke test)" if s.get("quick") else "") + "; coordinate search: peak LR ∈ {"
              + ", ".join(f"{lr:g}" for lr in s["lrs"]) + "} with re-warm and reset moments, then re-warm off, "
-             "then carried AdamW moments (msg, stackbert), then Mango's function-preserving init; the lowest "
-             "whole-split final val loss wins each step.", "", "| row | schedule | final val loss |", "|---|---|---|"]
+             "then carried AdamW moments (msg, stackbert), then Mango's function-preserving init; in the LR grid "
+             "the lowest whole-split final val loss wins, a later change only when it is lower by more than "
+             "2·√(SE² + SE²) (the noise rule; otherwise the simpler schedule stays).", "", "| row | schedule | final val loss |", "|---|---|---|"]
     for row, r in sweep["rows"].items():
         for t in r["tried"]:
             label = Schedule(**t["schedule"]).label()
