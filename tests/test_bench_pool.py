@@ -9,7 +9,7 @@ from leantrain.bench import pool
 from leantrain.data import BUNDLED
 from leantrain.measure import analytic_gpt_flops
 
-TINY = pool.Setting(anchors=((16, 2), (32, 2), (48, 2)), depth=4, auxiliaries=((8, 2), (48, 2)), aux_depth=3,
+TINY = pool.Setting(anchors=((16, 2), (32, 2), (48, 2)), depth=4, auxiliaries=((16, 2), (32, 2), (48, 2)), aux_depth=2,
                     block_size=16, batch=4, steps={"quick": 6}, family_steps={"quick": 4}, eval={"quick": (3, 2)})
 
 
@@ -17,17 +17,20 @@ def test_the_suite_runs_end_to_end_scaled_down(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text(BUNDLED.read_text()[:20000])
     setting = pool.Setting(**{**TINY.__dict__, "data": {"path": str(text)}})
-    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", budget="flops", keep_runs=True)
+    args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", budget="flops", keep_runs=True,
+                              stitch_lr_scale=3.0)
     assert pool.run_setting(args, setting) == 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "--quick" in report and "## Verdict" in report and "**Storage**" in report
     assert "**Pareto front**" in report and (tmp_path / "out" / "pareto.png").exists()
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     families = {r["family"]: r for r in rows if r["kind"] == "family"}
-    assert len(families["snnet"]["configs"]) == 3 + 2 * 10 and len(families["learngene_pool"]["configs"]) == 2 + 7
+    assert len(families["snnet"]["configs"]) == 3 + 2 * 10 and len(families["learngene_pool"]["configs"]) == 3 + 3 * 4
+    assert "--stitch-lr-scale 3" in report and "least-squares stitch init" in report
     assert all(c["val_loss"] is not None for f in families.values() for c in f["configs"])
     stages = {r["stage"]: r for r in rows if r["kind"] == "component"}
-    assert families["learngene_pool"]["build_stages"] == ["anchor48", "aux8", "aux48", "learngene_pool"]
+    assert families["learngene_pool"]["build_stages"] == ["anchor48", "aux16", "aux32", "aux48", "learngene_pool"]
+    assert families["learngene_pool"]["init_flops"] > 0  # least squares: its forwards count in the build
     assert families["snnet"]["build_flops"] > sum(stages[s]["train_flops"] for s in ("anchor16", "anchor32",
                                                                                        "anchor48", "snnet"))
     assert (tmp_path / "out" / "runs" / "seed0" / "learngene_pool" / "checkpoints").is_dir()  # --keep-runs
@@ -35,12 +38,21 @@ def test_the_suite_runs_end_to_end_scaled_down(tmp_path):
 
 def test_flops_budget_gives_the_distillations_the_two_narrower_anchors_training_flops():
     s, vocab, S = pool.CPU, 77, 1200
+    assert s.auxiliaries[0][0] == s.anchors[0][0]  # the narrow instance is as wide as the smallest anchor
+    assert len(s.auxiliaries) == 3  # and there is a middle one
     steps = pool.distill_steps(s, S, vocab, "flops")
     anchors = sum(analytic_gpt_flops(4, w, 64, vocab, 12) for w in (64, 128)) * S
     teacher = analytic_gpt_flops(4, 192, 64, vocab, 12, train=False)
-    distil = sum(analytic_gpt_flops(3, w, 64, vocab, 12) + teacher for w in (48, 192)) * steps
+    distil = sum(analytic_gpt_flops(2, w, 64, vocab, 12) + teacher for w in (64, 128, 192)) * steps
     assert abs(distil / anchors - 1) < 0.01
     assert pool.distill_steps(s, S, vocab, "steps") == S
+
+
+def test_the_hf_setting_follows_the_same_design():
+    """--family hf: auxiliaries as wide as the anchors (narrow, middle, the ancestry's) at half their depth."""
+    hf = pool.SETTINGS["hf"]
+    assert hf.family == "hf" and [w for w, _ in hf.auxiliaries] == [w for w, _ in hf.anchors]
+    assert hf.aux_depth * 2 == hf.depth and hf.pool_init == pool.CPU.pool_init == "least_squares"
 
 
 def _family(name, seed, points):
@@ -77,8 +89,7 @@ def test_hf_family_suite_runs_end_to_end_scaled_down(tmp_path):
     pytest.importorskip("transformers")
     text = tmp_path / "small.txt"
     text.write_text(BUNDLED.read_text()[:20000])
-    tiny = pool.Setting(**{**TINY.__dict__, "anchors": ((16, 2), (32, 2), (48, 2)), "auxiliaries": ((16, 2), (48, 2)),
-                           "family": "hf", "data": {"path": str(text)}})
+    tiny = pool.Setting(**{**TINY.__dict__, "family": "hf", "data": {"path": str(text)}})
     args = argparse.Namespace(quick=True, seeds=1, threads=1, out=tmp_path / "out", budget=None, keep_runs=False,
                               family="hf")
     assert pool.run_setting(args, tiny) == 0
@@ -86,7 +97,8 @@ def test_hf_family_suite_runs_end_to_end_scaled_down(tmp_path):
     assert "--family hf" in report and "Hugging Face Llama" in report and "budget `steps`" in report
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     families = {r["family"]: r for r in rows if r["kind"] == "family"}
-    assert len(families["snnet"]["configs"]) == 3 + 2 * 10 and len(families["learngene_pool"]["configs"]) == 2 + 7
+    assert len(families["snnet"]["configs"]) == 3 + 2 * 10 and len(families["learngene_pool"]["configs"]) == 3 + 3 * 4
     assert all(c["val_loss"] is not None for f in families.values() for c in f["configs"])
+    assert "least-squares stitch init" in report
     with pytest.raises(Exception, match="--budget steps"):
         pool.distill_steps(tiny, 10, 60, "flops")

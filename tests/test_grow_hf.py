@@ -317,6 +317,12 @@ def test_a_save_pretrained_directory_is_a_source_and_carry_is_refused(text, tmp_
         fit(recipe(text, text_config("gpt2", 16, 2, 2), {"operator": "stackbert", "optimizer_state": "carry",
                                                          "source": str(tmp_path / "pretrained")}), tmp_path / "carry")
     assert not (tmp_path / "carry").exists()
+    # Mango's function-preserving init (issue 21) is gpt-only too: refused before anything is written
+    with pytest.raises(ConfigError, match="init: function_preserving is implemented for gpt only"):
+        fit(recipe(text, text_config("gpt2", 32, 2, 4), {"operator": "mango", "init": "function_preserving",
+                                                         "mapping": "cyclic", "operator_steps": 1,
+                                                         "source": str(tmp_path / "pretrained")}), tmp_path / "fp")
+    assert not (tmp_path / "fp").exists()
 
 
 # ------------------------------------------------------------------ the table: family × operator

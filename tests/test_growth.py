@@ -288,6 +288,43 @@ def test_mango_init_is_fpi_plus_stacking(rank, bias):
     assert 0 < (noisy - want["blocks.3.attn.c_attn.weight"]).abs().max() < 0.1
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_mango_function_preserving_init_computes_the_sources_logits(bias, depth):
+    src = source(bias)  # 2 × 16, LayerNorm included: the cyclic map with an integer width factor is exact
+    target = cfg(n_layer=depth, n_head=4, n_embd=32, bias=bias)
+    op = MangoOperator(src, target, rank=1, mapping="cyclic", init="function_preserving", generator=gen())
+    x = tokens()
+    close(logits(build_model(target, op()), x), logits(src, x), tol=2e-5)
+    assert op.new_blocks == list(range(2, depth))  # target layer l copies source layer l mod 2; the rest are new
+    grown = op()
+    for l in op.new_blocks:  # new blocks copy the input side, write nothing into the residual stream
+        assert grown[f"blocks.{l}.attn.c_proj.weight"].abs().max() == 0
+        assert grown[f"blocks.{l}.mlp.c_proj.weight"].abs().max() == 0
+        assert grown[f"blocks.{l}.attn.c_attn.weight"].abs().max() > 0
+    # rank 2: the noise sits on off-diagonal bonds only, so the logits move by O(noise²) only
+    op2 = MangoOperator(src, target, rank=2, mapping="cyclic", init="function_preserving", generator=gen())
+    close(logits(build_model(target, op2()), x), logits(src, x), tol=1e-3)
+    assert (op2.s_b[0, :, :, 1]).abs().max() > 0  # the off-diagonal bonds do get noise (and so gradients)
+    # the copy init is not function-preserving with new blocks: it is FPI + stacking (see above)
+    copy = MangoOperator(src, target, rank=1, mapping="cyclic", noise=0.0, generator=gen())
+    if depth > 2:
+        assert (logits(build_model(target, copy()), x) - logits(src, x)).abs().max() > 1e-2
+
+
+def test_mango_function_preserving_gate_gets_gradients():
+    src = source()
+    target = cfg(n_layer=3, n_head=4, n_embd=32)
+    op = MangoOperator(src, target, rank=1, mapping="cyclic", init="function_preserving", generator=gen())
+    x = tokens()
+    _, loss = functional_call(GPT(target), op(), (x, x))
+    loss.backward()
+    from leantrain.methods.growth.mango import BLOCKS
+    assert op.gate.grad[BLOCKS.index("o"), 2] != 0 and op.gate.grad[BLOCKS.index("out0"), 2] != 0
+    with pytest.raises(ConfigError, match="init: must be one of"):
+        MangoOperator(src, target, init="identity")
+
+
 # ------------------------------------------------------------------------------------------- LiGO
 def test_ligo_one_hot_init_equals_copy_growth():
     src = source(bias=True)

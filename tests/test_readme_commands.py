@@ -72,6 +72,13 @@ NOT_RUN = {
     "leantrain bench growth --seeds 3 --threads 1": "a full benchmark",
     "leantrain bench pool": "a full benchmark; test_bench_pool.py tests the suite",
     "leantrain bench pool --seeds 3 --threads 1": "a full benchmark",
+    **{f"leantrain bench growth --sweep --setting {s} --out benchmarks/growth": "the schedule sweep of one setting "
+       "(≈ 25 min); test_bench_growth.py tests the sweep" for s in ("depth", "width_depth", "width")},
+    "leantrain bench growth --seeds 2 --schedules benchmarks/growth/sweep.json --out benchmarks/growth":
+        "a full benchmark (≈ 37 min) that needs the sweep's file",
+    "leantrain bench pool --seeds 3 --out benchmarks/pool": "a full benchmark (≈ 33 min)",
+    "leantrain bench growth --family hf": "a full benchmark; test_bench_growth.py tests the hf suite on tiny Llamas",
+    "leantrain bench pool --family hf": "a full benchmark; test_bench_pool.py tests the hf suite scaled down",
     "torchrun --standalone --nproc_per_node=2 -m leantrain train --recipe resnet32_mnist1d --out runs/pipe --set "
     "'methods=[{name: local, variant: greedy, modules: 2, parallel: modules}]'":
         "2 processes under torchrun: tests/test_pipeline.py runs module-parallel training under torchrun",

@@ -14,7 +14,7 @@ from leantrain.core.trainer import build_optimizer
 from leantrain.data import DataInfo
 from leantrain.measure import analytic_gpt_flops, forward_flops
 from leantrain.methods.stitching import (LearngeneDistillation, auxiliary_config, dominated, flops_bins,
-                                         init_learned, init_least_squares, learned_stitch_weight,
+                                         init_learned, init_least_squares, projection_stitch,
                                          learngene_pool, learngene_routes, least_squares, matched_blocks,
                                          pareto_front, pick_within_budget, sample_config, snnet_family,
                                          snnet_v1_routes, snnet_v2_routes, soft_cross_entropy,
@@ -284,20 +284,28 @@ def test_least_squares_init_averages_the_places_a_layer_serves():
     assert (0, 1, 1, 0) in places["0to1_0"]
 
 
-def test_learned_init_from_distillation_projections():
+def test_learned_init_is_a_real_inverse_in_both_instances_own_bases():
     g = torch.Generator().manual_seed(0)
-    proj_small = [torch.randn(16, 32, generator=g) for _ in range(3)]  # teacher 32 → student 16
-    proj_mid = [torch.randn(24, 32, generator=g) for _ in range(3)]
+    # instances whose hidden states are exact affine images of the teacher's (what distillation aims at):
+    # h_a = P_a·h_t + c_a (16 wide), h_b = P_b·h_t + c_b (32 wide: as wide as the teacher, another basis)
+    p_a, p_b = torch.randn(16, 32, generator=g), torch.randn(32, 32, generator=g)
+    c_a, c_b = torch.randn(16, generator=g), torch.randn(32, generator=g)
+    h_t = torch.randn(50, 16, generator=g) @ p_a  # teacher states in P_a's row space: recoverable from h_a
+    h_a, h_b = h_t @ p_a.T + c_a, h_t @ p_b.T + c_b
+    w, b = projection_stitch([p_a, p_a], [p_b, p_b], [c_a, c_a], [c_b, c_b])
+    torch.testing.assert_close(h_a @ w.T + b, h_b, atol=1e-3, rtol=1e-4)
+    assert (h_a @ p_a + 0 - h_t).abs().max() > 1  # the old init (P̄ᵀ, bias 0) is no inverse
+    # in a pool every stitch uses both ends' projections, the teacher-wide instance included
+    proj = {0: [torch.randn(16, 32, generator=g) for _ in range(3)], 1: [torch.randn(24, 32, generator=g) for _ in range(3)],
+            2: [torch.randn(32, 32, generator=g) for _ in range(3)]}
     fam = learngene_pool([gpt(16, seed=1), gpt(24, seed=2), gpt(32, seed=3)])
-    init_learned(fam, {0: proj_small, 1: proj_mid}, teacher_width=32)
-    mean_small, mean_mid = torch.stack(proj_small).mean(0), torch.stack(proj_mid).mean(0)
-    assert torch.equal(fam.stitches["0to2_0"].weight, mean_small.T)  # to the teacher's width: P̄ᵀ
-    assert torch.allclose(fam.stitches["0to1_0"].weight, mean_mid @ mean_small.T)
-    assert torch.allclose(fam.stitches["1to2_2"].weight, mean_mid.T)
-    assert all(layer.bias.abs().sum() == 0 for layer in fam.stitches.values())
-    assert learned_stitch_weight(proj_small).shape == (32, 16)
-    with pytest.raises(ConfigError, match="projections of w24"):
-        init_learned(fam, {0: proj_small}, teacher_width=32)
+    init_learned(fam, proj)
+    mean = {k: torch.stack(v).mean(0) for k, v in proj.items()}
+    torch.testing.assert_close(fam.stitches["0to2_0"].weight, mean[2] @ torch.linalg.pinv(mean[0]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fam.stitches["1to2_2"].weight, mean[2] @ torch.linalg.pinv(mean[1]), atol=1e-4, rtol=1e-4)
+    assert all(layer.bias.abs().sum() == 0 for layer in fam.stitches.values())  # no biases given: zero
+    with pytest.raises(ConfigError, match="projections of w32"):
+        init_learned(fam, {0: proj[0], 1: proj[1]})
 
 
 # ------------------------------------------------------------------------------- sampling

@@ -3,6 +3,7 @@ different widths train (least-squares init), resume, list, evaluate; a configura
 anchor exports with ``--format hf`` (``from_pretrained`` gives the family's logits), a stitched route
 exports as a leantrain ``stitched_route`` checkpoint (same logits, evaluate loads it) and ``--format hf``
 says why no transformers class holds it."""
+import math
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,11 @@ def test_learngene_pool_from_a_llama_ancestry_distils_trains_lists_exports_and_e
         auxiliaries.append(str(run))
     d = {"data": data, "model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 16}, "train": TRAIN,
          "methods": [{"name": "learngene_pool", "auxiliaries": auxiliaries, "distill": True}]}
-    full = fit(d, tmp_path / "pool")
+    full = fit(d, tmp_path / "pool")  # least-squares stitch init: the pool's default
+    # the learned init through the distillation projections (W = P̄_end·pinv(P̄_front)) and a raised
+    # stitch-layer LR work on hf instances too
+    learned = {**d, "methods": [{**d["methods"][0], "init": "learned", "stitch_lr_scale": 2.0}]}
+    assert math.isfinite(fit(learned, tmp_path / "learned")["final_val_loss"])
     fit(d, tmp_path / "part", until=3)
     assert fit(d, tmp_path / "part", resume=tmp_path / "part")["final_val_loss"] == pytest.approx(
         full["final_val_loss"], abs=1e-6)

@@ -19,7 +19,7 @@ from leantrain.core import checkpoint
 from leantrain.core.evaluation import evaluate
 from leantrain.core.loading import load_trained
 from leantrain.data import TextConfig, TextTask
-from leantrain.methods.stitching import (LearngeneDistillation, StitchedFamily, learned_stitch_weight,
+from leantrain.methods.stitching import (LearngeneDistillation, StitchedFamily, projection_stitch,
                                          load_family, sample_config)
 from leantrain.methods.stitching.routes import parse_stitch_key
 from leantrain.models import StitchedGPT
@@ -158,16 +158,19 @@ def test_learngene_distillation_trains_its_projections_and_the_pool_starts_from_
     code, out, _ = cli(capsys, "sample", "--ckpt", tmp_path / "distil", "--tokens", "5")  # the student samples
     assert code == 0
 
-    # The pool's stitch layers start from the auxiliaries' projections (the learned init).
+    # With init: learned the pool's stitch layers start from both auxiliaries' projections.
     pool = Trainer(Recipe.from_dict(tiny(model={"n_layer": 3}, methods=[{
-        "name": "learngene_pool", "auxiliaries": [sources["aux32"], sources["aux16"]]}])),
+        "name": "learngene_pool", "auxiliaries": [sources["aux32"], sources["aux16"]], "init": "learned"}])),
         tmp_path / "pool", verbose=False, progress=False)
     family = pool.state.model
     assert [s.config.n_embd for s in family.stacks] == [16, 32]  # ascending width, whatever the order given
-    proj16 = load_trained(sources["aux16"]).model.stitch_projections()
+    aux16, aux32 = (load_trained(sources[k]).model for k in ("aux16", "aux32"))
+    w, b = projection_stitch(aux16.stitch_projections(), aux32.stitch_projections(),
+                             aux16.stitch_projection_biases(), aux32.stitch_projection_biases())
     for key, layer in family.stitches.items():
         assert parse_stitch_key(key)[:2] == (0, 1)
-        assert torch.equal(layer.weight, learned_stitch_weight(proj16)) and not layer.bias.any()
+        # the 32-wide auxiliary is as wide as the ancestry but is not it: its own projections count
+        assert torch.equal(layer.weight, w) and torch.equal(layer.bias, b) and layer.bias.any()
     state = pool.methods[0].state_dict()
     assert [s["role"] for s in state["sources"]] == ["auxiliary", "auxiliary", "ancestry"]
     assert state["eval_config"] == 1  # the widest auxiliary alone
@@ -297,3 +300,63 @@ def test_export_and_pool_list_refuse_bad_input_in_one_line(sources, capsys, tmp_
     assert cli(capsys, "export", "--ckpt", run, "--config", "3", "--out", tmp_path / "x")[0] == 0
     code, _, err = cli(capsys, "export", "--ckpt", run, "--config", "3", "--out", tmp_path / "x")
     assert code == 2 and "already holds a checkpoint" in err
+
+
+def test_the_pools_default_stitch_init_starts_no_worse_than_least_squares_on_a_held_out_batch(sources, tmp_path):
+    """The default init (least squares on one training batch) against the learned init through the
+    projections, scored on validation batches neither saw: every descendant's loss at step 0."""
+    from leantrain.data import fixed_batches
+
+    def pool(init=None):
+        entry = {"name": "learngene_pool", "auxiliaries": [sources["aux16"], sources["aux32"]]}
+        t = Trainer(Recipe.from_dict(tiny(model={"n_layer": 3}, methods=[entry | ({"init": init} if init else {})])),
+                    tmp_path / f"pool_{init}", verbose=False, progress=False)
+        return t.state.model.eval(), t.state.data
+    default, data = pool()
+    learned, _ = pool("learned")
+    least, _ = pool("least_squares")
+    x, y = fixed_batches(data.val, default.block_size, 16, 1, 99)[0]  # held out: the validation split
+    ids = [i for i, r in enumerate(default.routes) if r.kind == "descendant"]
+
+    def losses(family):
+        with torch.no_grad():
+            return torch.tensor([family.forward_config(x, i, y)[1].item() for i in ids])
+    d, l, ls = losses(default), losses(learned), losses(least)
+    assert torch.equal(d, ls)  # the default is least squares
+    assert d.mean() <= l.mean()  # and it starts the descendants no worse than the learned init
+    assert (d <= l + 1e-6).float().mean() >= 0.5
+
+
+def test_stitch_lr_scale_trains_the_stitches_at_a_multiple_of_the_runs_rate_and_resumes_exactly(sources, tmp_path):
+    from leantrain import Event, Method
+    from leantrain.core.trainer import lr_at
+
+    class Rates(Method):
+        name = "probe_rates"
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_event(self, event, state):
+            if event is Event.STEP_END:  # after the optimizer step: the rates it used
+                stitch = {id(p) for p in state.model.stitches.parameters()}
+                rates = {(any(id(p) in stitch for p in g["params"]), g["lr"]) for g in state.optimizer.param_groups
+                         if g["params"]}
+                self.seen.append((state.step - 1, rates))
+
+    recipe = snnet_recipe(sources, final_eval="none", stitch_lr_scale=5.0)
+    probe = Rates()
+    Trainer(Recipe.from_dict(recipe), tmp_path / "full", methods=[probe], verbose=False, progress=False).fit()
+    t = Recipe.from_dict(recipe).train
+    for step, rates in probe.seen:
+        want = lr_at(step, t)
+        assert {r for s, r in rates if not s} == {want}
+        assert [r for s, r in rates if s] == pytest.approx([5.0 * want] * sum(s for s, _ in rates))
+        assert any(s for s, _ in rates)
+    _train(recipe, tmp_path / "part", until=5)
+    _train(recipe, tmp_path / "part", resume=tmp_path / "part")
+    losses = lambda run: [r.get("train_loss") for r in read_metrics(run)]  # noqa: E731
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+    plain = _train(snnet_recipe(sources, final_eval="none"), tmp_path / "plain")
+    assert losses(plain) != losses(tmp_path / "full")  # the factor changes training

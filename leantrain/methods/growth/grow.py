@@ -51,7 +51,8 @@ DEFAULT_OPERATOR_STEPS = 100
 # Options that only some operators read: giving one a non-default value for another operator is an
 # error rather than silently ignored.
 APPLIES = {"operator_steps": TRAINED, "operator_lr": TRAINED, "operator_warmup": TRAINED,
-           "operator_weight_decay": TRAINED, "target_warmup": TRAINED, "rank": ("mango",), "noise": tuple(NOISE),
+           "operator_weight_decay": TRAINED, "target_warmup": TRAINED, "rank": ("mango",), "init": ("mango",),
+           "noise": tuple(NOISE),
            "mapping": ("mango", "fpi", "aki", "net2net"), "depth_init": ("ligo",), "width_init": ("ligo",),
            "new_blocks": ("msg",), "init_std": ("msg",), "ramp_steps": ("msg",), "g": ("gstack",)}
 
@@ -84,6 +85,15 @@ class GrowConfig:
     rank: int = 1
     """mango: ring rank R of the TR-MPO cores (R×n×m×R); operator parameters grow ≈ R², the
     contraction's cost ≈ R³ (R = 4 costs ≈ 4 target steps per operator step at 4×64 → 8×128)."""
+    init: Literal["copy", "function_preserving"] = "copy"
+    """mango: the operator's initial output. copy: FPI width + StackBERT depth (every target layer l
+    copies source layer l mod L₁; the papers' and our default — the growth sweep decides whether to
+    change it, see benchmarks/growth); function_preserving: the same copy mapping, but the blocks that
+    are not a source layer's first copy start as identities (their output projections gated to zero by
+    a trainable gate), and the core noise touches only off-diagonal bond entries — with
+    ``mapping: cyclic`` and an integer width factor the grown model computes the source's logits at
+    step 0 (exactly at rank 1, up to O(noise²) at rank ≥ 2). function_preserving is gpt only: refused on
+    an hf model (the role-based Mango starts from copy growth)."""
     noise: float | None = None
     """Init noise. mango: N(0, noise²) on every core entry (null = 0.001); ligo: U(0, noise) on the
     stackbert_noisy depth coefficients (null = 0.03); net2net: N(0, (noise·std W)²) on the new units'
@@ -322,6 +332,9 @@ class Grow(Method):
             if cfg.optimizer_state == "carry":
                 raise ConfigError(f"methods.grow.optimizer_state: carry is implemented for gpt only; use reset on "
                                   f"a {state.recipe.model_name!r} model")
+            if cfg.init != "copy":
+                raise ConfigError(f"methods.grow.init: {cfg.init} is implemented for gpt only; the role-based "
+                                  f"Mango on a {state.recipe.model_name!r} model starts from copy growth")
         else:
             check_layout(state.model, "methods.grow")
         if cfg.source is None:
@@ -403,7 +416,7 @@ class Grow(Method):
         cfg = self.cfg
         if cfg.operator == "mango":
             return MangoOperator(source, target, rank=cfg.rank, noise=cfg.init_noise, mapping=cfg.mapping,
-                                 generator=gen)
+                                 generator=gen, init=cfg.init)
         return LiGOOperator(source, target, depth_init=cfg.depth_init, width_init=cfg.width_init,
                             noise=cfg.init_noise, generator=gen)
 
@@ -575,7 +588,7 @@ class Grow(Method):
     def describe(self, state: State) -> str:
         what = f"grow: {self.cfg.operator}"
         if self.cfg.operator == "mango":
-            what += f" R={self.cfg.rank}"
+            what += f" R={self.cfg.rank}" + (", function-preserving init" if self.cfg.init != "copy" else "")
         if "roles" in self.source:
             s, t = self.source["roles"], role_growth.role_layout(state.model).summary()
             shape = lambda r: f"{r['n_layer']}×{r['width']} ({r['n_head'][0]} heads)"  # noqa: E731

@@ -13,6 +13,15 @@ computed core by core (:func:`tr_mpo`); the full operator is never built. R = 1 
 mode products. Parameters outside M [ours]: embeddings, LayerNorms and biases grow with one
 trainable residual width map P ∈ ℝ^{D₁×D₂} and (per-layer vectors) a depth map Q ∈ ℝ^{L₁×L₂}; the
 final LayerNorm also gets a trainable per-dimension scale s ∈ ℝ^{D₂} (the tied head's compensation).
+
+Function-preserving init [ours, ``init="function_preserving"``]: the same copy mapping, but every
+target layer that is not the first copy of its source layer (a *new* block) starts as an identity —
+its output projections (W_O, W_OUT and their biases) are gated to zero by a trainable per-(block,
+layer) gate G ∈ ℝ^{B×L₂} (and one per bias vector), 1 elsewhere; new blocks keep copies of their
+input-side weights (Q, K, V, W_IN), so the gate's gradient is not zero. The core noise then goes to
+the off-diagonal bond entries only (none at R = 1), which change the function by O(noise²) only.
+With an integer width factor and ``mapping="cyclic"`` (or no width change) the grown model's logits
+equal the source's at init (R = 1: up to float rounding).
 """
 from __future__ import annotations
 
@@ -26,6 +35,10 @@ from .layout import (ATTN_OUT, FINAL_NORM, MLP_IN, MLP_OUT, NON_BLOCK, NORM_1, N
                      selection, source_tensors, unit_map)
 
 BLOCKS = ("q", "k", "v", "o", "in0", "in1", "in2", "in3", "out0", "out1", "out2", "out3")
+OUTPUT_BLOCKS = ("o", "out0", "out1", "out2", "out3")
+"""Blocks that write into the residual stream: zero in a block that is to start as an identity."""
+OUTPUT_VECTORS = (f"{ATTN_OUT}.bias", f"{MLP_OUT}.bias")
+INITS = ("copy", "function_preserving")
 
 
 def to_blocks(tensors: Tensors, cfg: GPTConfig) -> torch.Tensor:
@@ -116,33 +129,56 @@ class MangoOperator(GrowthOperator):
     l₂ mod L₁), split evenly over the R diagonal bond channels (each core × R^(-1/4), so the R ring
     terms sum to the copy); every core entry then gets N(0, noise²) — without it the off-diagonal
     bond entries would get no gradient. Requires the source's head size (g copies whole heads).
+    ``init="function_preserving"``: see the module docstring (new blocks start as identities).
     """
 
     def __init__(self, source: GPT, target: GPTConfig, rank: int = 1, noise: float = 1e-3,
-                 mapping: str = "random", generator: torch.Generator | None = None):
+                 mapping: str = "random", generator: torch.Generator | None = None, init: str = "copy"):
         src = source.config
         super().__init__(src, target)
         check_growth(src, target, "mango")
         if rank < 1:
             raise ConfigError(f"rank: must be ≥ 1, got {rank}")
-        self.rank = rank
+        if init not in INITS:
+            raise ConfigError(f"init: must be one of {', '.join(INITS)}, got {init!r}")
+        self.rank, self.init = rank, init
         tensors = source_tensors(source)
         d1, l1, l2 = src.n_embd, src.n_layer, target.n_layer
         self.g = head_channels(unit_map(src.n_head, target.n_head, mapping, generator), head_size(src))
         copy_in, copy_out = selection(self.g, d1, divide=True), selection(self.g, d1)
         depth = selection(torch.arange(l2) % l1, l1)
 
+        preserving = init == "function_preserving"
+
         def core(base: torch.Tensor) -> nn.Parameter:
             c = torch.zeros(rank, *base.shape, rank)
             for a in range(rank):
                 c[a, :, :, a] = base * rank ** -0.25
-            return nn.Parameter(c + noise * torch.randn(c.shape, generator=generator))
+            eps = noise * torch.randn(c.shape, generator=generator)
+            if preserving:  # off-diagonal bonds only: one of them alone cannot close the ring
+                eps[torch.arange(rank), ..., torch.arange(rank)] = 0.0
+            return nn.Parameter(c + eps)
 
         self.s_b = core(torch.eye(len(BLOCKS)))
         self.s_i, self.s_o, self.s_l = core(copy_in), core(copy_out), core(depth)
         self.width = nn.Parameter(copy_out.clone())   # P: embeddings, LayerNorms, biases
         self.depth = nn.Parameter(depth.clone())      # Q: per-layer vectors
         self.head_scale = nn.Parameter(1.0 / torch.bincount(self.g)[self.g].float())  # s: final LayerNorm
+        if preserving:  # G: new blocks (not a source layer's first copy) write nothing into the stream
+            new = torch.ones(l2, dtype=torch.bool)
+            new[[int((torch.arange(l2) % l1 == l).nonzero()[0]) for l in range(l1)]] = False
+            gate = torch.ones(len(BLOCKS), l2)
+            gate[[BLOCKS.index(b) for b in OUTPUT_BLOCKS]] = torch.where(new, 0.0, 1.0)
+            names = vector_names(target)
+            vgate = torch.ones(len(names), l2)
+            for k, name in enumerate(names):
+                if name in OUTPUT_VECTORS:
+                    vgate[k] = torch.where(new, 0.0, 1.0)
+            self.gate, self.vector_gate = nn.Parameter(gate), nn.Parameter(vgate)
+            self.new_blocks = [int(l) for l in new.nonzero().flatten()]
+        else:
+            self.gate = self.vector_gate = None
+            self.new_blocks = []
         ref = tensors[TOKEN]
         self.register_buffer("m1", to_blocks(tensors, src), persistent=False)
         self.register_buffer("v1", _vectors(tensors, src), persistent=False)
@@ -154,6 +190,9 @@ class MangoOperator(GrowthOperator):
     def forward(self) -> Tensors:
         m2 = tr_mpo(self.m1, self.s_b, self.s_i, self.s_o, self.s_l)
         v2 = torch.einsum("kdl,de,lm->kem", self.v1, self.width, self.depth)
+        if self.gate is not None:
+            m2 = m2 * self.gate[:, None, None, :]
+            v2 = v2 * self.vector_gate[:, None, :]
         out = {TOKEN: self.src_token @ self.width, POSITION: self.src_position @ self.width,
                f"{FINAL_NORM}.weight": (self.src_final_norm_weight @ self.width) * self.head_scale}
         if self.target.bias:

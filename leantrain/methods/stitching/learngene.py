@@ -145,3 +145,7 @@ class LearngeneDistillation(nn.Module):
     def stitch_projections(self) -> list[torch.Tensor]:
         """The hidden-state projection weights (C_student × D_teacher) for the learned stitch init."""
         return [p.weight.detach() for p in self.hidden_proj]
+
+    def stitch_projection_biases(self) -> list[torch.Tensor]:
+        """The hidden-state projections' biases (C_student) for the learned stitch init."""
+        return [p.bias.detach() for p in self.hidden_proj]

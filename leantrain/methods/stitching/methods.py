@@ -72,6 +72,10 @@ class FamilyOptions:
     """Configuration id that evaluations during training score (and that `leantrain sample` /
     `evaluate` use on the run); null = the widest anchor or auxiliary model. `leantrain pool list`
     shows the ids."""
+    stitch_lr_scale: float = 1.0
+    """The stitch layers' learning rate: this × the run's at every step (the rest of the family
+    trains at the run's). SN-Net's reference raises the stitches' rate above the anchors'; our
+    benchmark sets one value for both families. 1 = one rate for everything."""
     final_eval: Literal["whole", "fixed", "none"] = "whole"
     """At the end of training, score every configuration on the whole validation split (whole), on the
     run's fixed evaluation batches (fixed, cheaper), or not at all (none). The losses are kept in the
@@ -80,6 +84,7 @@ class FamilyOptions:
     def validate(self) -> None:
         check(self.flops_bins >= 1, "flops_bins", f"must be ≥ 1, got {self.flops_bins}")
         check(self.init_batch >= 1, "init_batch", f"must be ≥ 1, got {self.init_batch}")
+        check(self.stitch_lr_scale > 0, "stitch_lr_scale", f"must be positive, got {self.stitch_lr_scale}")
         check(self.eval_config is None or self.eval_config >= 0, "eval_config",
               f"must be a configuration id ≥ 0, got {self.eval_config}")
 
@@ -143,12 +148,36 @@ class FamilyMethod(Method):
 
     def on_event(self, event: Event, state: State) -> None:
         family = state.model
+        if event is Event.FIT_START and self.cfg.stitch_lr_scale != 1.0:
+            self._stitch_groups(state)
+        elif event is Event.AFTER_BACKWARD and self.cfg.stitch_lr_scale != 1.0:
+            # the trainer set this step's rate in every group before the forward; the stitches' groups
+            # get the factor on top (afresh each step, so it never accumulates)
+            for group in state.optimizer.param_groups:
+                if group.get("stitch"):
+                    group["lr"] *= self.cfg.stitch_lr_scale
         if event is Event.STEP_START:
             family.active = sample_config(self.bins, state.recipe.train.seed, state.step)
             state.log(f"{self.name}/config", family.active)
         elif event is Event.EVAL_START:
             # The next step samples again; until then (checkpoint, end of run) eval_config stays active.
             family.active = self.eval_id
+
+    def _stitch_groups(self, state: State) -> None:
+        """Move the stitch layers' parameters into optimizer groups of their own (marked ``stitch``),
+        keeping each one's weight decay and AdamW state (the state is keyed by parameter)."""
+        opt = state.optimizer
+        stitch = {id(p) for p in state.model.stitches.parameters()}
+        moved = []
+        for group in opt.param_groups:
+            if group.get("stitch"):
+                return  # already split (a second FIT_START in one process)
+            mine = [p for p in group["params"] if id(p) in stitch]
+            if mine:
+                group["params"] = [p for p in group["params"] if id(p) not in stitch]
+                moved.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "stitch": True})
+        for group in moved:
+            opt.add_param_group(group)
 
     def finish(self, state: State) -> bool:
         """Score every configuration (after the final checkpoint: minutes for a large family); a run
@@ -415,9 +444,12 @@ class LearngenePoolConfig(FamilyOptions):
     """Step of the sliding window; at most window."""
     pairs: Literal["all", "nearest"] = "all"
     """Stitch every narrower → wider pair of auxiliary models (all), or only neighbours in width."""
-    init: Literal["learned", "least_squares", "none"] = "learned"
-    """Stitch init: from the distillation projections (learned, the paper's), least squares on one
-    batch (as SN-Net), or PyTorch's default Linear init."""
+    init: Literal["learned", "least_squares", "none"] = "least_squares"
+    """Stitch init: least squares on one batch of activations (as SN-Net; the default: on held-out
+    batches it started every descendant lower than the learned init, and they ended lower — the
+    tests and scripts/pool_init_probe.py, see the card), learned (the paper's idea: through the distillation projections,
+    W = P̄_end·pinv(P̄_front), b = c̄_end − W·c̄_front, in both instances' own bases), or PyTorch's
+    default Linear init."""
     distill: bool = False
     """Also distil from the ancestry while training the pool (soft cross-entropy to its logits); the
     ancestry recorded by the auxiliaries' runs is loaded, and must be unchanged."""
@@ -448,7 +480,7 @@ class LearngenePool(FamilyMethod):
 
     def build(self, state: State) -> StitchedFamily:
         c = self.cfg
-        distils, teacher_width = [], None
+        distils = []
         for i, path in enumerate(c.auxiliaries):
             key = f"methods.{self.name}.auxiliaries[{i}]"
             meta = read_source(path, key, state, "auxiliary models", plain=False)
@@ -461,7 +493,7 @@ class LearngenePool(FamilyMethod):
                 raise ConfigError(f"{key}: {path} was distilled from {ancestry['run']} (step {ancestry['step']}), "
                                   f"the first auxiliary from {self.ancestry['run']} (step {self.ancestry['step']}); "
                                   "a pool's instances come from one ancestry")
-            self.ancestry, teacher_width = ancestry, ancestry["n_embd"]
+            self.ancestry = ancestry
             distils.append(load_recorded(identity(path, meta), key).model.train())
             self.sources.append({"role": "auxiliary", **identity(path, meta)})
         self.sources.append({"role": "ancestry", **self.ancestry})
@@ -472,7 +504,8 @@ class LearngenePool(FamilyMethod):
         family.to(_model_device(state))
         if c.init == "learned":
             stack_of = {id(s): i for i, s in enumerate(family.stacks)}
-            init_learned(family, {stack_of[id(d.student)]: d.stitch_projections() for d in distils}, teacher_width)
+            init_learned(family, {stack_of[id(d.student)]: d.stitch_projections() for d in distils},
+                         {stack_of[id(d.student)]: d.stitch_projection_biases() for d in distils})
         elif c.init == "least_squares":
             init_least_squares(family, self.init_tokens(state, family))
         return family

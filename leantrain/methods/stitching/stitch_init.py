@@ -1,5 +1,6 @@
-"""Stitch-layer initialisation: least squares on activations (SN-Net) or from the distillation
-projections (Learngene Pool's learned init)."""
+"""Stitch-layer initialisation: least squares on activations (SN-Net; the default of both families)
+or through the distillation projections (Learngene Pool's learned init, solved with a pseudo-inverse
+in both instances' own bases)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -68,33 +69,43 @@ def init_least_squares(family: StitchedFamily, idx: torch.Tensor) -> None:
                                          torch.stack([b for _, b in fits]).mean(0))
 
 
-def learned_stitch_weight(front: Sequence[torch.Tensor],
-                          end: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """Learngene Pool's learned init of a stitch from a narrow instance to a wider one.
+def projection_stitch(front: Sequence[torch.Tensor], end: Sequence[torch.Tensor],
+                      front_bias: Sequence[torch.Tensor] | None = None,
+                      end_bias: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learngene Pool's learned init of a stitch from one instance to another, through the ancestry's
+    space, in the instances' *own* bases.
 
-    ``front``: the narrow model's hidden-state distillation projections (weights C_front × D_teacher,
-    teacher → student). Their mean, transposed, maps the narrow space back to the teacher's (the
-    reference code's Tiny→Base init, the Base model having the teacher's width). If the wider model is
-    narrower than the teacher, ``end`` (its own projections) carries the result on: P̄_end·P̄_frontᵀ."""
-    w = torch.stack(list(front)).mean(0).T  # D_teacher × C_front
-    if end is not None:
-        w = torch.stack(list(end)).mean(0) @ w  # C_end × C_front
-    return w
+    ``front`` / ``end``: each instance's hidden-state distillation projections (weights C × D_teacher,
+    teacher → instance, trained so that h_instance ≈ P·h_teacher + c). With their means P̄_a, c̄_a and
+    P̄_b, c̄_b: h_teacher ≈ P̄_a⁺(h_a − c̄_a) (P̄_a⁺ the pseudo-inverse: a real inverse on P̄_a's range,
+    where a transpose is not), so h_b ≈ W·h_a + b with W = P̄_b·P̄_a⁺ and b = c̄_b − W·c̄_a. The end
+    instance is an auxiliary model trained from its own init even when it is as wide as the ancestry,
+    so its own projections are always used. Returns (W: C_b × C_a, b: C_b); solved in float64."""
+    pa = torch.stack(list(front)).mean(0).double()
+    pb = torch.stack(list(end)).mean(0).double()
+    w = pb @ torch.linalg.pinv(pa)
+    ca = torch.zeros(pa.size(0), dtype=pa.dtype) if front_bias is None else torch.stack(list(front_bias)).mean(0).double()
+    cb = torch.zeros(pb.size(0), dtype=pb.dtype) if end_bias is None else torch.stack(list(end_bias)).mean(0).double()
+    b = cb - w @ ca.to(w.device)
+    dtype = front[0].dtype
+    return w.to(dtype).contiguous(), b.to(dtype)
 
 
 @torch.no_grad()
 def init_learned(family: StitchedFamily, projections: Mapping[int, Sequence[torch.Tensor]],
-                 teacher_width: int) -> None:
+                 biases: Mapping[int, Sequence[torch.Tensor]] | None = None) -> None:
     """Initialise every stitch layer of a Learngene Pool from the distillation projections of its
-    stacks (``projections[stack]``: that auxiliary model's hidden-state projection weights); bias 0."""
-    def of(stack: int) -> Sequence[torch.Tensor]:
-        if stack not in projections:
+    stacks (``projections[stack]``: that auxiliary model's hidden-state projection weights,
+    ``biases[stack]`` their biases; none: zero) by :func:`projection_stitch`."""
+    def of(table, stack: int) -> Sequence[torch.Tensor] | None:
+        if table is None:
+            return None
+        if stack not in table:
             raise ConfigError(f"learned stitch init needs the distillation projections of "
                               f"{family.labels[stack]}; use least squares instead")
-        return projections[stack]
+        return table[stack]
 
     for key, layer in family.stitches.items():
         a, b, _ = parse_stitch_key(key)
-        end = None if family.width(b) == teacher_width else of(b)
-        w = learned_stitch_weight(of(a), end)
-        layer.set_weights(w, torch.zeros_like(layer.bias))
+        w, bias = projection_stitch(of(projections, a), of(projections, b), of(biases, a), of(biases, b))
+        layer.set_weights(w, bias)
