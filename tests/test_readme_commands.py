@@ -21,6 +21,7 @@ outputs are checked.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -42,13 +43,28 @@ TRAIN_SETS = ["train.max_steps=4", "train.eval_interval=2", "train.eval_iters=1"
               "train.log_interval=1"]
 DATA_SETS = {  # by data kind; {small} is a 40k-character slice of the bundled corpus
     "text": ["train.batch_size=2", "data.path={small}"],
+    "tokens": ["train.batch_size=2"],
     "mnist1d": ["train.batch_size=8", "data.num_samples=400"],
 }
 MODEL_SETS = {"block_size": "model.block_size=16"}  # where the model has the field: short contexts
 EXTRA_SETS = {  # a substring of a train command -> more tiny settings it needs
     "name: grow": ["methods.grow.operator_steps=2"],
 }
-PREPARE: dict = {  # a substring of a command -> a function(cwd) making inputs it reads (none needed yet)
+def _corpus_files(cwd: Path) -> None:
+    (cwd / "corpus").mkdir(exist_ok=True)
+    text = CORPUS.read_text()
+    (cwd / "corpus" / "part1.txt").write_text(text[:20000])
+    (cwd / "corpus" / "part2.txt").write_text(text[20000:40000])
+
+
+def _tokenizer_dir(cwd: Path) -> None:  # the tokenizer the README's first tokenize wrote, as a directory
+    (cwd / "tok").mkdir(exist_ok=True)
+    (cwd / "tok" / "tokenizer.json").write_text((cwd / "data" / "bpe" / "tokenizer.json").read_text())
+
+
+PREPARE: dict = {  # a substring of a command -> a function(cwd) making inputs it reads
+    "corpus/*.txt": _corpus_files,
+    "--tokenizer tok/": _tokenizer_dir,
 }
 RESUMED_STEPS = "train.max_steps=6"  # a resume goes on a little (a free change)
 
@@ -71,6 +87,8 @@ NOT_RUN = {
     "leantrain bench growth": "a full benchmark; test_bench_growth.py tests the suite",
     "leantrain bench growth --seeds 3 --threads 1": "a full benchmark",
     "leantrain bench pool": "a full benchmark; test_bench_pool.py tests the suite",
+    "leantrain bench bpe --seeds 2 --threads 1": "a full benchmark (8 runs of 2000 steps); test_tokens.py runs the "
+                                                 "suite at tiny size",
     "leantrain bench pool --seeds 3 --threads 1": "a full benchmark",
     **{f"leantrain bench growth --sweep --setting {s} --out benchmarks/growth": "the schedule sweep of one setting "
        "(≈ 25 min); test_bench_growth.py tests the sweep" for s in ("depth", "width_depth", "width")},
@@ -266,6 +284,9 @@ def tiny_sets(args: list[str], cwd: Path, small: Path) -> list[str]:
 
 def check_outputs(args: list[str], out: str, cwd: Path) -> None:
     """What each command must leave behind or print."""
+    if args == ["--version"]:
+        assert re.fullmatch(r"leantrain \S+\n", out), out
+        return
     parsed = parser().parse_args(args)
     command = args[0]
     if command == "train" and parsed.dry_run:
@@ -279,6 +300,8 @@ def check_outputs(args: list[str], out: str, cwd: Path) -> None:
     elif command == "evaluate":
         row = json.loads(out)
         assert row["split"] == parsed.split and row[f"{parsed.split}_loss"] > 0
+    elif command == "export" and parsed.format == "hf":  # a save_pretrained directory
+        assert (cwd / parsed.out / "config.json").is_file() and out.startswith("exported")
     elif command == "export":
         assert (cwd / parsed.out / "checkpoints" / "latest").is_file() and out.startswith("exported configuration")
     elif command == "pool" and parsed.action == "list":
@@ -295,19 +318,22 @@ def run_item(item: Item, cwd: Path, small: Path, capsys) -> None:
     for key, prepare in PREPARE.items():
         if key in item.text:
             prepare(cwd)
-    if item.text in SUBPROCESS:
+    if item.text in SUBPROCESS or argv[0] == "python":  # python -c / -m ...: a real process
         program = [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", "leantrain", *argv[1:]]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(program, cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0 and done.stdout.strip() and "Traceback" not in done.stderr, \
             f"{item.where}\n{done.stderr[-2000:]}"
         return
+    # the user's shell expands a glob in the working directory (the extraction ran elsewhere)
+    argv = [a for arg in argv for a in (sorted(str(Path(p)) for p in glob.glob(arg, root_dir=cwd))
+                                         if glob.has_magic(arg) and glob.glob(arg, root_dir=cwd) else [arg])]
     args = leantrain_argv(argv)
     if args[0] == "train" and "--help" not in args:
         args = [*args, "--set", *tiny_sets(args, cwd, small)]
     try:
         code = main(args)
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         code = e.code
     out, err = capsys.readouterr()
     assert code == 0, f"{item.where}\n  ran as {shlex.join(args)}\n  exit {code}: {err.strip()[-2000:]}"
