@@ -247,6 +247,10 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def method_tensors(ckpt: Checkpoint, method: str) -> dict[str, torch.Tensor]:
-    """The tensors ``method`` saved (``Method.tensors``), without the ``<method>/`` prefix."""
+    """The tensors ``method`` saved (``Method.tensors``), without the ``<method>/`` prefix, as fresh
+    copies. A method may compute with them directly (grow's operator phase keeps the source weights as
+    buffers), and the tensors safetensors reads sit at the file's offsets — not 64-byte aligned — where
+    CPU kernels take other vector paths and round differently: a resumed run would drift in the last
+    bits (the model's and optimizer's tensors are copied into fresh memory on load already)."""
     prefix = f"{method}/"
-    return {k[len(prefix):]: v for k, v in ckpt.methods.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v.clone() for k, v in ckpt.methods.items() if k.startswith(prefix)}
