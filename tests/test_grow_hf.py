@@ -424,3 +424,35 @@ def test_bad_growth_input_is_one_line_exit_2_before_anything_is_written(case, me
     assert code == 2 and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
+def test_grow_on_hf_under_ddp_keeps_replicas_identical_and_resumes_exactly(llama_source, text, tmp_path):
+    """One 2-rank gloo launch: a tiny Llama grown 16×1 → 32×2 by two trained operators (stopped inside
+    their phase) and a copy operator with noise (Net2Net; stopped after the growth). The ranks draw
+    different batches, so equal digests before DDP's broadcast show the operator's gradients were
+    averaged and the copy drew the same noise on every rank."""
+    import os
+    import subprocess
+    import sys
+    target = text_config("llama", 32, 2, 4)
+    ops = {"mango": (2, 1), "ligo": (2, 1), "net2net": (None, 2)}  # operator: (phase steps, stop step)
+    specs = {op: {"phase": phase, "stop": stop,
+                  "recipe": recipe(text, target, {"operator": op, "source": str(llama_source),
+                                                  **({"operator_steps": phase} if phase else {})}, steps=4)}
+             for op, (phase, stop) in ops.items()}
+    (tmp_path / "specs.json").write_text(json.dumps(specs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "tests" / "ddp_grow_hf_worker.py"), str(tmp_path), str(tmp_path / "specs.json")],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    hashes = [json.loads((tmp_path / f"hashes_rank{r}.json").read_text()) for r in (0, 1)]
+    for op in ops:
+        grown, end, resumed_end = hashes[0][op]
+        assert hashes[0][op] == hashes[1][op], f"{op}: the replicas differ"
+        assert resumed_end == end, f"{op}: the resumed run's weights differ"
+        assert_same_run(tmp_path / op / "full", tmp_path / op / "part", op)
+        summary = json.loads((tmp_path / op / "full" / "summary.json").read_text())
+        assert summary["world_size"] == 2
