@@ -2,7 +2,7 @@
 different widths train (least-squares init), resume, list, evaluate; a configuration that is a single
 anchor exports with ``--format hf`` (``from_pretrained`` gives the family's logits), a stitched route
 exports as a leantrain ``stitched_route`` checkpoint (same logits, evaluate loads it) and ``--format hf``
-says why no transformers class holds it."""
+says why no transformers class holds it; resumes are bit-exact; ``sample`` works on any configuration."""
 import math
 from pathlib import Path
 
@@ -15,6 +15,8 @@ from leantrain import ConfigError, Recipe, Trainer  # noqa: E402
 from leantrain.cli import evaluate_checkpoint, main  # noqa: E402
 from leantrain.core.loading import load_trained  # noqa: E402
 from leantrain.methods.stitching import load_family, pool_list  # noqa: E402
+
+from .conftest import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "leantrain" / "data" / "datasets" / "shakespeare_char.txt").read_text()[:20000]
@@ -29,6 +31,12 @@ def llama(d, layers, heads):
 def fit(d, out, until=None, resume=None):
     return Trainer(Recipe.from_dict(d), out, resume=resume, overwrite=resume is None, verbose=False,
                    progress=False).fit(until=until)
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    """Bit for bit: every logged train / val loss of two runs (a resumed run against an unbroken one)."""
+    return all([r.get(k) for r in read_metrics(a)] == [r.get(k) for r in read_metrics(b)]
+               for k in ("train_loss", "val_loss"))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,8 @@ def test_snnet_of_llama_anchors_trains_resumes_lists_and_evaluates(anchors, vers
     full = fit(d, tmp_path / "full")
     fit(d, tmp_path / "part", until=3)
     resumed = fit(d, tmp_path / "part", resume=tmp_path / "part")
-    assert resumed["final_val_loss"] == pytest.approx(full["final_val_loss"], abs=1e-6)
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+    assert same_rows(tmp_path / "full", tmp_path / "part")
     listing = pool_list(tmp_path / "full")
     assert "w16[0:2]" in listing and "w32[0:2]" in listing and "> w32[" in listing
     if version == "v2":
@@ -141,8 +150,8 @@ def test_learngene_pool_from_a_llama_ancestry_distils_trains_lists_exports_and_e
     learned = {**d, "methods": [{**d["methods"][0], "init": "learned", "stitch_lr_scale": 2.0}]}
     assert math.isfinite(fit(learned, tmp_path / "learned")["final_val_loss"])
     fit(d, tmp_path / "part", until=3)
-    assert fit(d, tmp_path / "part", resume=tmp_path / "part")["final_val_loss"] == pytest.approx(
-        full["final_val_loss"], abs=1e-6)
+    assert fit(d, tmp_path / "part", resume=tmp_path / "part")["final_val_loss"] == full["final_val_loss"]
+    assert same_rows(tmp_path / "pool", tmp_path / "part")
     listing = pool_list(tmp_path / "pool")
     assert "descendant" in listing and "w16[0:" in listing and "> w24[" in listing
     family = load_trained(tmp_path / "pool").model
@@ -165,9 +174,48 @@ def test_snnet_anchors_may_be_save_pretrained_directories(anchors, tmp_path):
         dirs.append(str(out))
     from_runs = fit(snnet(text, paths, "v1"), tmp_path / "runs")
     from_dirs = fit(snnet(text, dirs, "v1"), tmp_path / "dirs")  # the same weights: the same family
-    assert from_dirs["final_val_loss"] == pytest.approx(from_runs["final_val_loss"], abs=1e-6)
+    assert from_dirs["final_val_loss"] == from_runs["final_val_loss"]
     fit(snnet(text, dirs, "v1"), tmp_path / "part", until=3)  # resume never reads the directories again
     for d in dirs:
         (Path(d) / "model.safetensors").rename(Path(d) / "moved.safetensors")
     resumed = fit(snnet(text, dirs, "v1"), tmp_path / "part", resume=tmp_path / "part")
-    assert resumed["final_val_loss"] == pytest.approx(from_dirs["final_val_loss"], abs=1e-6)
+    assert resumed["final_val_loss"] == from_dirs["final_val_loss"]
+
+
+def test_sample_on_an_hf_family_an_anchor_through_hf_a_route_through_the_family(anchors, tmp_path, capsys):
+    """``leantrain sample`` on a family of hf anchors: a configuration that is one whole anchor samples
+    through that model's own (KV-cached) generate — greedy, it equals transformers' ``generate`` on the
+    exported ``save_pretrained`` directory — and a stitched route reruns the family's forward per token
+    (greedy: every token the argmax of the route's logits); an exported route samples as its family."""
+    import transformers
+    from leantrain.cli import sample_text
+    text, paths = anchors
+    run = tmp_path / "family"
+    fit(snnet(text, paths, "v1"), run)
+    family = load_trained(run).model
+    anchor = next(i for i in range(family.num_configs) if family.describe(i) == "w32[0:2]")
+    route = next(i for i in range(family.num_configs) if ">" in family.describe(i))
+    prompt = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "anchor_hf"
+    assert main(["export", "--ckpt", str(run), "--format", "hf", "--config", str(anchor), "--out", str(out)]) == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    family.active = anchor
+    ours = family.generate(prompt, 8, top_k=1)
+    theirs = hf_model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                               do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    family.active = route
+    greedy = family.generate(prompt, 8, top_k=1)
+    with torch.no_grad():
+        expected = family(greedy[:, :-1])[0][0, 3:].argmax(-1)
+    assert torch.equal(greedy[0, 4:], expected) and family.training is False
+    sampled = family.generate(prompt, 20, 0.8, 40, torch.Generator().manual_seed(1))  # past block_size 16
+    assert sampled.shape == (1, 24)
+    exported = tmp_path / "route"
+    assert main(["export", "--ckpt", str(run), "--config", str(route), "--out", str(exported)]) == 0
+    again = load_trained(exported).model.generate(prompt, 20, 0.8, 40, torch.Generator().manual_seed(1))
+    assert torch.equal(again, sampled)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(exported), "--prompt", "RO", "--tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("RO")
+    assert sample_text(run, "RO", 5).startswith("RO")  # the family run: its eval configuration

@@ -203,10 +203,35 @@ class StitchedFamily(nn.Module):
                          self.stacks[r.segments[-1].stack])
         return model
 
-    def generate(self, *args, **kwargs):
-        """Sample from the active configuration (after loading a run: its ``eval_config``), through a
-        standalone copy of it."""
-        return self.materialize(self.active).eval().generate(*args, **kwargs)
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample from the active configuration (after loading a run: its ``eval_config``) with
+        leantrain's sampler (temperature, top-k, a generator). GPT stacks: through a standalone copy of
+        the configuration. Other stacks (hf): a configuration that is one whole stack samples through
+        that model's own ``generate`` (HF's KV cache); a stitched route, or part of a stack, reruns the
+        family's forward on the last ``block_size`` tokens for every new token — no KV cache spans
+        stacks of different widths joined by stitch layers."""
+        if self.gpt_stacks:
+            return self.materialize(self.active).eval().generate(idx, max_new_tokens, temperature, top_k, generator)
+        r = self.route(self.active)
+        seg, training = r.segments[0], self.training
+        stack = self.stacks[seg.stack]
+        self.eval()
+        try:
+            if len(r.segments) == 1 and (seg.start, seg.stop) == (0, self.depth(seg.stack)) and \
+                    hasattr(stack, "generate"):
+                return stack.generate(idx, max_new_tokens, temperature, top_k, generator)
+            for _ in range(max_new_tokens):
+                logits = self(idx[:, -self.block_size:])[0][:, -1, :] / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+                idx = torch.cat((idx, nxt), dim=1)
+            return idx
+        finally:
+            self.train(training)
 
     # -- accounting ------------------------------------------------------------------------------
     def config_params(self, config_id: int) -> int:
