@@ -3,8 +3,9 @@ preservation per family (FPI width, Net2Net, MSG at mask 0 — fp64), LiGO's one
 growth, the rules that differ from leantrain's GPT one by one (whole heads at a fixed head size,
 grouped-query ratio, SwiGLU gate and up together, Conv1D storage, untied / tied heads, RMSNorm and
 LayerNorm, BERT post-norm, ViT class token and patch embedding), renumbering after depth growth
-(cached generate == uncached), and the trainer: every operator grows a tiny Llama run, trains,
-resumes exactly and exports a directory ``from_pretrained`` loads with the same logits."""
+(cached generate == uncached), and the trainer: every operator on every family grows, trains, resumes
+bit-exactly and exports a directory ``from_pretrained`` loads with the same logits; under torchrun (2
+gloo ranks) the replicas stay identical and resume exactly."""
 import dataclasses
 import math
 import json
@@ -363,8 +364,8 @@ def family_sources(tmp_path_factory, text):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_operator_on_every_family_grows_trains_resumes_exactly_and_exports_to_from_pretrained(family, family_sources,
-                                                                                    text, tmp_path):
+def test_every_operator_on_every_family_grows_trains_resumes_exactly_and_exports(family, family_sources, text,
+                                                                                 tmp_path):
     """The issue's table: (GPT-2, Llama, Qwen2, BERT, ViT) × every operator. Each run is also stopped
     after step 1 and resumed — for LiGO and Mango from a checkpoint inside the operator phase, which
     ends as the resumed run starts (BERT × LiGO drifted by one ulp until checkpointed method tensors
