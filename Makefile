@@ -27,7 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/leantrain bench overhead
 
-# Every suite with the settings of the committed figures (about 4 hours on 2 cores, one after the
+# Every suite with the settings of its committed figures (about 6 hours on 2 cores, one after the
 # other); each writes benchmarks/<suite>/ (report.md, results.json, plots).
 bench-all: $(STAMP)
 	$(BIN)/leantrain bench overhead --out benchmarks/overhead
@@ -36,9 +36,13 @@ bench-all: $(STAMP)
 	$(BIN)/leantrain bench local --seeds 3 --threads 1 --out benchmarks/local
 	$(BIN)/leantrain bench local --suite gpt --seeds 3 --threads 1 --out benchmarks/local_gpt
 	$(BIN)/leantrain bench local --parallel --seeds 3 --out benchmarks/local_parallel
-	$(BIN)/leantrain bench growth --seeds 3 --threads 1 --out benchmarks/growth
+	for s in depth width_depth width; do $(BIN)/leantrain bench growth --sweep --setting $$s --out benchmarks/growth; done
+	$(BIN)/leantrain bench growth --seeds 2 --threads 1 --schedules benchmarks/growth/sweep.json --out benchmarks/growth
 	$(BIN)/leantrain bench pool --seeds 3 --threads 1 --out benchmarks/pool
 	$(BIN)/leantrain bench bpe --seeds 2 --threads 1 --out benchmarks/bpe
+	$(BIN)/leantrain bench hf --seeds 3 --threads 1 --out benchmarks/hf
+	$(BIN)/leantrain bench growth --family hf --seeds 2 --threads 1 --out benchmarks/growth_hf
+	$(BIN)/leantrain bench pool --family hf --seeds 2 --threads 1 --out benchmarks/pool_hf
 
 clean:
 	rm -rf $(VENV) runs bench_out .pytest_cache
