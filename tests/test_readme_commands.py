@@ -87,6 +87,12 @@ NOT_RUN = {
     "leantrain bench growth": "a full benchmark; test_bench_growth.py tests the suite",
     "leantrain bench growth --seeds 3 --threads 1": "a full benchmark",
     "leantrain bench pool": "a full benchmark; test_bench_pool.py tests the suite",
+    "leantrain bench hf --seeds 3 --threads 1": "a full benchmark (24 runs and 5 overhead rounds, ~9 min); "
+                                                "test_hf.py runs it with --quick",
+    "leantrain bench growth --family hf --seeds 3 --threads 1": "a full benchmark; test_bench_growth.py runs the "
+                                                               "hf suite on tiny Llamas",
+    "leantrain bench pool --family hf --seeds 3 --threads 1": "a full benchmark; test_bench_pool.py runs the hf "
+                                                             "suite scaled down",
     "leantrain bench bpe --seeds 2 --threads 1": "a full benchmark (8 runs of 2000 steps); test_tokens.py runs the "
                                                  "suite at tiny size",
     "leantrain bench pool --seeds 3 --threads 1": "a full benchmark",
