@@ -371,7 +371,7 @@ def render(args, s: Setting, mode: str, summary: dict, result: dict, n_seeds: in
     lines = ["# leantrain bench pool", "", f"Command: `{cmd}`", "",
              *([f"**--quick: {n_seeds} seed(s) and short runs — a smoke test, not for quoting.**", ""]
                if args.quick else []),
-             *([f"Stacks: Hugging Face Llama (SwiGLU, RMSNorm, rotary, head size 16, grouped-query attention "
+             *(["Stacks: Hugging Face Llama (SwiGLU, RMSNorm, rotary, head size 16, grouped-query attention "
                 "2:1 where the head count is even), through the model protocol.", ""] if s.family == "hf" else []),
              f"Bundled Shakespeare characters, context {s.block_size}, batch {s.batch}, {n_seeds} seed(s), "
              f"{args.threads} thread(s); everything trained from scratch per seed. **SN-Net v1**: anchors "

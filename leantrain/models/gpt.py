@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from ..config import check
 from ..registry import register_model
-from .protocol import SITES, BlockPlan, BlockRoles, ModelProtocol, Units, Weight, WeightRoles, check_dropout_site
+from .protocol import (SITES, BlockPlan, BlockRoles, ModelProtocol, Units, Weight, WeightRoles, check_dropout_site,
+                       sample_next)
 
 
 @dataclass
@@ -356,11 +357,7 @@ class GPT(nn.Module, ModelProtocol):
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             logits, _ = self(ctx)
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
 

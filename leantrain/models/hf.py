@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..config import check
 from ..errors import ConfigError, LeantrainError
 from ..registry import register_model
-from .protocol import ModelProtocol, Units, WeightRoles, check_dropout_site
+from .protocol import ModelProtocol, Units, WeightRoles, check_dropout_site, sample_next
 
 # model_type -> (layout, task). Mistral and Qwen2 use the Llama layout (``model.layers``).
 FAMILIES = {
@@ -528,11 +528,7 @@ class HFModel(ModelProtocol, nn.Module):
                 cache, fed = out.cache, idx.size(1)
             else:
                 out = self.hf(input_ids=idx[:, -limit:], use_cache=False)
-            logits = out.logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            nxt = sample_next(out.logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, nxt), dim=1)
         return idx
 

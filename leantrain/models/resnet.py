@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

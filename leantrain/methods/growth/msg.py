@@ -146,16 +146,11 @@ def masked_layer_norm(x: torch.Tensor, m: torch.Tensor, weight: torch.Tensor, bi
     return (y if bias is None else y + bias) * m
 
 
-class MSGMasks:
-    """The forward-time part of MSG: masks with value ``c`` on a grown GPT, through forward hooks.
+class MaskValue:
+    """MSG's mask value ``c`` ∈ [0, 1] and the (1, …, 1, c, …, c) masks it makes; the hooks that apply
+    them are the subclasses' (MSGMasks for leantrain's GPT, roles.RoleMasks for models by weight roles)."""
 
-    ``attach(model)`` once after loading the grown tensors, ``set_value(c)`` every step of the
-    ramp, ``detach()`` when c reaches 1 (the hooks then do nothing but cost). Width slicing by a
-    ``BlockPlan`` (RaPTr) bypasses the projection modules and is not supported during the ramp.
-    """
-
-    def __init__(self, growth: MSGGrowth, value: float = 0.0):
-        self.growth = growth
+    def __init__(self, value: float = 0.0):
         self.value = value
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -169,6 +164,19 @@ class MSGMasks:
         m = torch.full((like.shape[-1],), self.value, dtype=like.dtype, device=like.device)
         m[:n_old] = 1.0
         return m
+
+
+class MSGMasks(MaskValue):
+    """The forward-time part of MSG: masks with value ``c`` on a grown GPT, through forward hooks.
+
+    ``attach(model)`` once after loading the grown tensors, ``set_value(c)`` every step of the
+    ramp, ``detach()`` when c reaches 1 (the hooks then do nothing but cost). Width slicing by a
+    ``BlockPlan`` (RaPTr) bypasses the projection modules and is not supported during the ramp.
+    """
+
+    def __init__(self, growth: MSGGrowth, value: float = 0.0):
+        super().__init__(value)
+        self.growth = growth
 
     def attach(self, model: GPT) -> None:
         if self.handles:

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ...errors import ConfigError, LeantrainError
 from ...models import protocol
 from .layout import Tensors, unit_map
+from .msg import MaskValue
 
 SPACES = ("embd", "q", "k", "v", "o_in", "hid")
 
@@ -499,7 +500,7 @@ def masked_norm(x: torch.Tensor, m: torch.Tensor, module: nn.Module) -> torch.Te
     return y * m
 
 
-class RoleMasks:
+class RoleMasks(MaskValue):
     """MSG's forward-time masks on a role-described target (forward hooks; see ``msg.MSGMasks``):
     the residual stream entering the first block and every write to it (attention and MLP output
     projections) × (1…1, c…c); every norm of the residual width with masked statistics, output × m;
@@ -507,18 +508,8 @@ class RoleMasks:
     x + c·(F(x) − x). ``source`` is :meth:`RoleLayout.summary` of the source."""
 
     def __init__(self, source: dict, value: float = 0.0):
-        self.source, self.value = source, value
-        self.handles: list = []
-
-    def set_value(self, c: float) -> None:
-        if not 0.0 <= c <= 1.0:
-            raise ValueError(f"mask value must be in [0, 1], got {c}")
-        self.value = c
-
-    def mask(self, n_old: int, like: torch.Tensor) -> torch.Tensor:
-        m = torch.full((like.shape[-1],), self.value, dtype=like.dtype, device=like.device)
-        m[:n_old] = 1.0
-        return m
+        super().__init__(value)
+        self.source = source
 
     def attach(self, model: nn.Module) -> None:
         if self.handles:

@@ -223,11 +223,7 @@ class StitchedFamily(nn.Module):
                     hasattr(stack, "generate"):
                 return stack.generate(idx, max_new_tokens, temperature, top_k, generator)
             for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.block_size:])[0][:, -1, :] / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+                nxt = protocol.sample_next(self(idx[:, -self.block_size:])[0][:, -1, :], temperature, top_k, generator)
                 idx = torch.cat((idx, nxt), dim=1)
             return idx
         finally:
