@@ -397,3 +397,16 @@ def test_depth_changes_go_through_set_blocks_and_its_renumbering_hook():
     assert net.n_layer == 4 and [b.layer_idx for b in net.layers] == [0, 1, 2, 3] and copies == {2: 0, 3: 1}
     assert net.layers[2] is not net.layers[0] and torch.equal(net.layers[2].fc.weight, net.layers[0].fc.weight)
     assert moment_map(net, copies)["layers.2.fc.weight"] == "layers.0.fc.weight"
+
+
+def test_an_adapted_class_without_shape_key_trains(lookalike, tmp_path, monkeypatch):
+    """The trainer keys its FLOP cache by the protocol's shape_key, so a class one does not own (no
+    ``shape_key`` of its own) trains through its registered adapter."""
+    monkeypatch.delattr(LookAlike, "shape_key")
+    protocol.register_adapter(LookAlike, LookAlikeDropout)
+    try:
+        recipe = Recipe.from_dict(tiny(model={"name": "lookalike"}, train={"max_steps": 2},
+                                       methods=[{"name": "dynamic_dropout", "p0": 0.3, "schedule": "constant"}]))
+        assert Trainer(recipe, tmp_path / "out", verbose=False, progress=False).fit()["steps"] == 2
+    finally:
+        protocol.ADAPTERS.pop(LookAlike)

@@ -21,6 +21,7 @@ from ..config import build, to_dict
 from ..data import for_model
 from ..errors import ConfigError, LeantrainError, RunStopped
 from ..recipe import Recipe
+from ..models.protocol import adapt
 from ..registry import get_data, get_method, get_model, model_task
 from . import checkpoint, distributed
 from .callback import Callback
@@ -476,7 +477,7 @@ class Trainer:
         for i in range(n):
             s.micro_batch = i
             x, y = self._next_batch()
-            key = (tuple(x.shape), s.model.shape_key(),
+            key = (tuple(x.shape), adapt(s.model).shape_key(),  # the protocol's: adapter-registered models too
                    tuple(m.flop_key(s) for m in self.methods))
             quiet = self._ddp.no_sync() if self._ddp is not None and i < n - 1 else contextlib.nullcontext()
             # a step shape's first micro-batch is measured (FLOPs, saved bytes), eagerly under compile
