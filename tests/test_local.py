@@ -1,7 +1,6 @@
 """Local learning: gradient isolation (proved with autograd and hooks), K = 1 is end-to-end
 bit-exactly, ContSup's contexts, AugLocal's formulas, memory-balanced cuts, exact resume for every
 variant, DDP equivalence, inference cost, and one-line errors for bad options."""
-import math
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from leantrain import ConfigError, Recipe, Trainer
-from leantrain.methods.local import (LocalLearning, auglocal_layers, balanced_cuts, equal_cuts, pyramidal_depth,
+from leantrain.methods.local import (auglocal_layers, balanced_cuts, equal_cuts, pyramidal_depth,
                                      supcon_loss)
 
 from .conftest import read_metrics, tiny

@@ -117,7 +117,7 @@ def test_old_recipes_with_amp_false_still_load_and_train_in_fp32(tmp_path):
 
 
 def test_cpu_bf16_autocast_when_asked_for(tmp_path):
-    fp32 = run(tmp_path, "fp32").fit()
+    run(tmp_path, "fp32").fit()
     bf16 = run(tmp_path, "bf16", train={"precision": "bf16", "device": "cpu"}).fit()
     assert bf16["precision"] == "bf16" and math.isfinite(bf16["final_val_loss"])
     a = [r["train_loss"] for r in read_metrics(tmp_path / "fp32") if "train_loss" in r]

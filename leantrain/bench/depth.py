@@ -11,7 +11,7 @@ FLOP fraction (embedding and head included), with the whole LR schedule compress
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch

@@ -247,7 +247,6 @@ def _add_args(p) -> None:
                 "regime", _add_args)
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    seeds = seeds_for(args)
     paper = args.preset == "paper"
     if paper and not torch.cuda.is_available():
         from ..errors import LeantrainError

@@ -27,7 +27,6 @@ compared row by row.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
