@@ -500,6 +500,28 @@ def test_accumulated_run_trains_like_the_big_batch_run(tmp_path):
     assert len(a) == 4 and b == pytest.approx(a, rel=1e-5)
 
 
+def test_methods_log_the_mean_of_their_per_micro_batch_losses(tmp_path):
+    # local's per-module losses and the distillation's loss parts, logged at every step: two
+    # micro-batches of 4 log what one batch of 8 (the same windows) logs, not the last micro-batch's
+    from .method_settings import trained_run
+    ancestry = trained_run(tmp_path, "ancestry", {"n_embd": 32})
+    cases = {"local": ([{"name": "local", "variant": "contsup", "modules": 3, "context": "R1E"}],
+                       [f"local/loss{k}" for k in range(3)]),
+             "learngene_distill": ([{"name": "learngene_distill", "ancestry": ancestry}],
+                                   [f"learngene_distill/{p}" for p in ("ce", "soft_ce", "hidden_mse", "attn_mse")])}
+    for name, (methods, keys) in cases.items():
+        logged = []
+        for batch, accum in ((8, 1), (4, 2)):
+            out = f"{name}_{accum}"
+            run(tmp_path, out, train={"batch_size": batch, "grad_accum_steps": accum, "log_interval": 1},
+                methods=methods).fit()
+            rows = [r for r in read_metrics(tmp_path / out) if "train_loss" in r]
+            logged.append([[r[k] for k in keys] for r in rows])
+        assert len(logged[0]) == len(logged[1]) == 12, name
+        for big, acc in zip(*logged):
+            assert acc == pytest.approx(big, rel=1e-5), name
+
+
 def test_step_strategies_refuse_fp16_with_their_reason(tmp_path):
     from .method_settings import options_for
     cases = {"local": "steps per module inside its step", "grow": "honours only fp32 / bf16"}

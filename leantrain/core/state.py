@@ -60,6 +60,8 @@ class State:
     Step strategies run their forward under :meth:`autocast` and back-propagate with :meth:`backward`."""
     micro_batch: int = 0
     """Index of the micro-batch being run within the step (0 … grad_accum_steps − 1)."""
+    _micro_sums: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
+    """:meth:`log_mean`'s running sums within the step."""
 
     @property
     def grad_accum_steps(self) -> int:
@@ -97,6 +99,16 @@ class State:
 
     def log(self, key: str, value: Any) -> None:
         self.metrics[key] = value
+
+    def log_mean(self, key: str, value: float) -> None:
+        """Log a per-micro-batch figure (e.g. a part of the loss) as its mean over the step's
+        micro-batches, as the trainer's ``train_loss`` is; with one micro-batch, :meth:`log`."""
+        sums = self._micro_sums
+        if self.micro_batch == 0 or key not in sums:
+            sums[key] = (0.0, 0)
+        total, n = sums[key]
+        sums[key] = (total + float(value), n + 1)
+        self.metrics[key] = sums[key][0] / sums[key][1]
 
     def track(self, items, what: str) -> list:
         """``items`` to work through (end-of-run work, ``Method.finish``), shown: a progress bar on a

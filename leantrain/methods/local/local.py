@@ -487,7 +487,7 @@ class LocalLearning(Method):
                 else:
                     loss = F.cross_entropy(out.reshape(-1, out.size(-1)).float(), y.reshape(-1))
             state.backward(loss)  # this module's graph is freed here
-            state.log(f"local/loss{k}", float(loss.detach()))
+            state.log_mean(f"local/loss{k}", float(loss.detach()))
             if immediate:
                 self._micro_finite[k] &= bool(torch.isfinite(loss.detach()))
                 if last:
@@ -520,7 +520,7 @@ class LocalLearning(Method):
             nonlocal finite
             loss = self.local_loss(lm, k, out, x, y)
             loss.backward()
-            state.log(f"local/loss{k}", float(loss.detach()))
+            state.log_mean(f"local/loss{k}", float(loss.detach()))
             if immediate:
                 finite &= self._update(state, lm, k, loss)
             h = lm.supply(k, out, x, inputs, memo)
@@ -530,7 +530,7 @@ class LocalLearning(Method):
         k = lm.n_modules - 1
         loss = F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
         loss.backward()
-        state.log(f"local/loss{k}", float(loss.detach()))
+        state.log_mean(f"local/loss{k}", float(loss.detach()))
         if immediate:
             finite &= self._update(state, lm, k, loss)
         else:

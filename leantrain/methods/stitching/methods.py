@@ -397,7 +397,7 @@ class LearngeneDistill(Method):
             _, loss = model(x, y, teacher=self.teacher)  # through the DDP wrapper: projections' grads reduce
         state.backward(loss)
         for k, v in state.model.parts.items():
-            state.log(f"{self.name}/{k}", v.item())
+            state.log_mean(f"{self.name}/{k}", v.item())
         return loss.detach()
 
     def state_dict(self) -> dict:
