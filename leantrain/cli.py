@@ -257,17 +257,29 @@ def _add_evaluate(sub) -> None:
 
 
 def evaluate_checkpoint(ckpt_dir, split: str = "val") -> dict:
+    """The whole-split scores of a checkpoint on its recipe's data, as ``leantrain evaluate`` prints
+    them; ``same_data_as_training`` (when the checkpoint records a data fingerprint) says whether the
+    data still has the content it was trained on — if not, a warning goes to stderr."""
     from .core.evaluation import evaluate
+    from .core.resume import data_difference
     from .core.loading import load_trained
     from .data import for_model
     from .registry import get_data
     trained = load_trained(ckpt_dir)
     r = trained.recipe
     task = for_model(get_data(r.data_name)(r.data), r.model)
+    saved = trained.ckpt.meta.get("data_fingerprint")
+    changed = data_difference(saved, task.fingerprint()) if saved is not None else None
+    if changed:  # scored all the same (evaluating on changed data can be the point), but never silently
+        print(f"warning: {trained.ckpt.path} was trained on other data ({changed}): this score is on today's "
+              "data, not comparable with the run's own validation losses", file=sys.stderr, flush=True)
     result = evaluate(trained.model, task, task.eval_batches(split, task.eval_batch_size, r.model, whole=True),
                       next(trained.model.parameters()).device)
-    return {"checkpoint": str(trained.ckpt.path), "step": trained.ckpt.meta["step"], "data": r.data_name,
-            "split": split, "samples": result.n, **result.row(split)}
+    row = {"checkpoint": str(trained.ckpt.path), "step": trained.ckpt.meta["step"], "data": r.data_name,
+           "split": split, "samples": result.n, **result.row(split)}
+    if saved is not None:
+        row["same_data_as_training"] = changed is None
+    return row
 
 
 def _evaluate(args) -> int:

@@ -60,6 +60,17 @@ def test_resume_on_other_data_is_refused_and_nothing_is_touched(tmp_path, corpus
     assert checkpoint.read_meta(run)["data_fingerprint"]["sha256"] == file_digest(corpus)["sha256"]
 
 
+def test_evaluate_says_when_the_data_changed_since_training(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    Trainer(Recipe.from_dict(tiny(data={"path": str(corpus)})), run, verbose=False, progress=False).fit()
+    code, out, err = train(["evaluate", "--ckpt", run], capsys)
+    assert code == 0 and err == "" and json.loads(out)["same_data_as_training"] is True
+    corpus.write_text(corpus.read_text()[:-2] + "!~")  # same size and vocabulary, other content
+    code, out, err = train(["evaluate", "--ckpt", run], capsys)
+    assert code == 0 and json.loads(out)["same_data_as_training"] is False
+    assert err.startswith("warning: ") and "was trained on other data" in err and len(err.strip().splitlines()) == 1
+
+
 def test_checkpoints_without_a_fingerprint_still_resume_and_check_the_vocabulary(tmp_path, corpus):
     """Runs written before fingerprints: resumed, the vocabulary compared instead, the fingerprint
     recorded from the next checkpoint on."""

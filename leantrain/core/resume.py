@@ -85,13 +85,22 @@ def check_data(ckpt_path, meta: dict, fingerprint: dict, data_meta: dict) -> Non
                                      f"then, {_short(v)} now; resume on the data it was trained on (for other "
                                      "data, start a new run)")
         return
-    diff = [k for k in sorted(set(saved) | set(fingerprint)) if k != "path" and saved.get(k) != fingerprint.get(k)]
+    diff = data_difference(saved, fingerprint)
     if diff:
-        k = diff[0]
-        then, now = (f"{fp['path']} ({k} {_short(fp.get(k))})" if fp.get("path") else f"{k} {_short(fp.get(k))}"
-                     for fp in (saved, fingerprint))
-        raise LeantrainError(f"checkpoint {ckpt_path} was trained on other data: {then} then, {now} now; "
+        raise LeantrainError(f"checkpoint {ckpt_path} was trained on other data: {diff}; "
                              "resume on the data it was trained on (for other data, start a new run)")
+
+
+def data_difference(saved: dict, fingerprint: dict) -> str | None:
+    """How two data fingerprints differ ("<first differing entry> then, ... now"), the path aside
+    (the same content elsewhere is the same data); None when they match."""
+    diff = [k for k in sorted(set(saved) | set(fingerprint)) if k != "path" and saved.get(k) != fingerprint.get(k)]
+    if not diff:
+        return None
+    k = diff[0]
+    then, now = (f"{fp['path']} ({k} {_short(fp.get(k))})" if fp.get("path") else f"{k} {_short(fp.get(k))}"
+                 for fp in (saved, fingerprint))
+    return f"{then} then, {now} now"
 
 
 def _short(v: Any) -> str:
