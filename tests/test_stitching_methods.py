@@ -16,7 +16,7 @@ import yaml
 from leantrain import Recipe, Trainer
 from leantrain.cli import main
 from leantrain.core import checkpoint
-from leantrain.core.evaluation import evaluate
+from leantrain.core.evaluation import EvalResult, evaluate
 from leantrain.core.loading import load_trained
 from leantrain.data import TextConfig, TextTask
 from leantrain.methods.stitching import (LearngeneDistillation, StitchedFamily, projection_stitch,
@@ -134,6 +134,22 @@ def test_export_equals_the_configuration_inside_the_family_and_loads_without_poo
     best = min((r for r in rows if r["flops"] <= budget), key=lambda r: r["val_loss"])
     assert code == 0 and out.startswith(f"exported configuration {best['id']} ")
     assert json.loads((tmp_path / "budget" / "config.json").read_text())["model"]["name"] == "stitched_gpt"
+
+
+def test_an_early_stopped_family_run_still_scores_every_configuration(sources, tmp_path, monkeypatch):
+    """train.early_stop_patience ends a family run like a finished one: its end-of-run scoring runs
+    (and is checkpointed), so `pool list` and `export --max-*` have every configuration's loss."""
+    scripted = iter([5.0, 4.0] + [9.0] * 100)  # the trainer's evaluations: best at step 1, then worse
+    monkeypatch.setattr("leantrain.core.trainer.evaluate", lambda *a, **k: EvalResult(loss=next(scripted),
+                                                                                     loss_se=0.0, n=1))
+    recipe = snnet_recipe(sources, final_eval="fixed")
+    recipe["train"].update({"eval_interval": 1, "early_stop_patience": 2})
+    run = tmp_path / "run"
+    summary = Trainer(Recipe.from_dict(recipe), run, verbose=False, progress=False).fit()
+    assert summary["early_stopped"] and summary["steps"] == 3 < recipe["train"]["max_steps"]
+    final = checkpoint.read_meta(run)["methods"][0]["state"]["final"]
+    assert final["step"] == 3 and len(final["losses"]) == 12
+    assert all(loss is not None for loss in load_family(run).losses())
 
 
 def test_learngene_distillation_trains_its_projections_and_the_pool_starts_from_them(sources, tmp_path, capsys):
