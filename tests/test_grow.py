@@ -288,15 +288,18 @@ def test_growth_needs_a_gpt_target():
 @pytest.mark.slow
 def test_operator_training_under_ddp_keeps_ranks_identical_and_resumes_exactly(text, sources, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    spec = json.dumps(recipe(text, {"source": str(sources["narrow"]), "operator": "mango", "operator_steps": 4,
-                                    "eval_after_growth": True}, train={"max_steps": 7}))
+    spec = recipe(text, {"source": str(sources["narrow"]), "operator": "mango", "operator_steps": 4,
+                         "eval_after_growth": True}, train={"max_steps": 7})
+    (tmp_path / "specs.json").write_text(json.dumps({"mango": {"phase": 4, "stop": 2, "recipe": spec}}))
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "tests" / "ddp_grow_worker.py"), str(tmp_path), spec],
+                        str(ROOT / "tests" / "ddp_grow_worker.py"), str(tmp_path), str(tmp_path / "specs.json")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
-    hashes = [json.loads((tmp_path / f"hashes_rank{r}.json").read_text()) for r in (0, 1)]
+    hashes = [json.loads((tmp_path / f"hashes_rank{r}.json").read_text())["mango"] for r in (0, 1)]
     # The ranks draw different batches: identical operators at the end of the phase (before the re-wrap's
     # broadcast) show the operator's gradients are averaged across ranks.
-    assert hashes[0] == hashes[1] and len(hashes[0]) == 2
-    assert losses(tmp_path / "part") == losses(tmp_path / "full")
-    assert summary(tmp_path / "full")["world_size"] == 2
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 3
+    phase_end, end, resumed_end = hashes[0]
+    assert resumed_end == end  # stopped mid-phase (step 2) and resumed: the same weights at the end
+    assert losses(tmp_path / "mango" / "part") == losses(tmp_path / "mango" / "full")
+    assert summary(tmp_path / "mango" / "full")["world_size"] == 2

@@ -446,7 +446,7 @@ def test_grow_on_hf_under_ddp_keeps_replicas_identical_and_resumes_exactly(llama
     (tmp_path / "specs.json").write_text(json.dumps(specs))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "tests" / "ddp_grow_hf_worker.py"), str(tmp_path), str(tmp_path / "specs.json")],
+                        str(ROOT / "tests" / "ddp_grow_worker.py"), str(tmp_path), str(tmp_path / "specs.json")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     hashes = [json.loads((tmp_path / f"hashes_rank{r}.json").read_text()) for r in (0, 1)]

@@ -315,40 +315,41 @@ class HFModel(ModelProtocol, nn.Module):
             out["hidden"] = hidden
         return out
 
+    def _slices(self, params: dict, idx: dict):
+        """The walk over a block's width-sliced weights for channel indices ``idx`` (see
+        :meth:`_width_indices`): (weight role, channels, axis, bias sliced too, is an output
+        projection). Output projections are sliced along their input axis and keep their bias."""
+        r = self.block_roles()
+        if "q" in idx:
+            if r.qkv is not None:  # fused (GPT-2): q, k, v blocks of equal size along the output axis
+                C = params[r.qkv.name].shape[r.qkv.out_axis] // 3
+                yield r.qkv, torch.cat([idx["q"], idx["q"] + C, idx["q"] + 2 * C]), r.qkv.out_axis, True, False
+            else:
+                yield r.q, idx["q"], r.q.out_axis, True, False
+                yield r.k, idx["kv"], r.k.out_axis, True, False
+                yield r.v, idx["kv"], r.v.out_axis, True, False
+            yield r.attn_out, idx["q"], r.attn_out.in_axis, False, True
+        if "hidden" in idx:
+            for w in (r.mlp_in, r.mlp_gate):
+                if w is not None:
+                    yield w, idx["hidden"], w.out_axis, True, False
+            yield r.mlp_out, idx["hidden"], r.mlp_out.in_axis, False, True
+
     def _sliced(self, block: nn.Module, entry) -> tuple[dict[str, torch.Tensor], list]:
         """Block parameters (by name inside the block) replaced by their kept slices for ``entry``,
         the output projections' by ``entry.width_scale`` times theirs; and the attributes that must
         follow the narrower projections (GPT-2's ``split_size``)."""
-        r, params = self.block_roles(), dict(block.named_parameters())
+        params = dict(block.named_parameters())
         idx = self._width_indices(entry.heads, entry.hidden)
         out: dict[str, torch.Tensor] = {}
-
-        def take(w, channels, axis, scale=1.0, bias_too=True):
+        scale = entry.width_scale
+        for w, channels, axis, bias_too, out_proj in self._slices(params, idx):
             kept = params[w.name].index_select(axis, channels)
-            out[w.name] = kept * scale if scale != 1.0 else kept
+            out[w.name] = kept * scale if out_proj and scale != 1.0 else kept
             if w.bias is not None and bias_too:
                 out[w.bias] = params[w.bias].index_select(0, channels)
-
-        def scale_out(w):
-            if w.bias is not None and entry.width_scale != 1.0:
-                out[w.bias] = params[w.bias] * entry.width_scale
-
-        if "q" in idx:
-            if r.qkv is not None:  # fused (GPT-2): q, k, v blocks of equal size along the output axis
-                C = params[r.qkv.name].shape[r.qkv.out_axis] // 3
-                take(r.qkv, torch.cat([idx["q"], idx["q"] + C, idx["q"] + 2 * C]), r.qkv.out_axis)
-            else:
-                take(r.q, idx["q"], r.q.out_axis)
-                take(r.k, idx["kv"], r.k.out_axis)
-                take(r.v, idx["kv"], r.v.out_axis)
-            take(r.attn_out, idx["q"], r.attn_out.in_axis, entry.width_scale, bias_too=False)
-            scale_out(r.attn_out)
-        if "hidden" in idx:
-            for w in (r.mlp_in, r.mlp_gate):
-                if w is not None:
-                    take(w, idx["hidden"], w.out_axis)
-            take(r.mlp_out, idx["hidden"], r.mlp_out.in_axis, entry.width_scale, bias_too=False)
-            scale_out(r.mlp_out)
+            if w.bias is not None and out_proj and scale != 1.0:
+                out[w.bias] = params[w.bias] * scale
         attrs = self.layout.width_attrs(block, len(idx["q"]) if "q" in idx else None,
                                         len(idx["hidden"]) if "hidden" in idx else None)
         return out, attrs
@@ -356,32 +357,17 @@ class HFModel(ModelProtocol, nn.Module):
     def width_unused_slices(self) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
         """(parameter, dim, indices) the current plan's width slicing leaves out (zero gradient this
         step); blocks the plan skips entirely are not listed."""
-        r, result = self.block_roles(), []
+        result = []
         groups, hidden = self.width_units(0)
         for b in self.plan or ():
             params = dict(self.blocks[b.index].named_parameters())
             left = self._width_indices(None if b.heads is None else _left_out(groups, b.heads),
                                        None if b.hidden is None else _left_out(hidden, b.hidden))
-
-            def add(w, channels, axis, bias=True):
+            for w, channels, axis, bias_too, _ in self._slices(params, left):
                 if len(channels):
                     result.append((params[w.name], axis, channels))
-                    if w.bias is not None and bias:
+                    if w.bias is not None and bias_too:
                         result.append((params[w.bias], 0, channels))
-            if "q" in left:
-                if r.qkv is not None:
-                    C = params[r.qkv.name].shape[r.qkv.out_axis] // 3
-                    add(r.qkv, torch.cat([left["q"], left["q"] + C, left["q"] + 2 * C]), r.qkv.out_axis)
-                else:
-                    add(r.q, left["q"], r.q.out_axis)
-                    add(r.k, left["kv"], r.k.out_axis)
-                    add(r.v, left["kv"], r.v.out_axis)
-                add(r.attn_out, left["q"], r.attn_out.in_axis, bias=False)
-            if "hidden" in left:
-                for w in (r.mlp_in, r.mlp_gate):
-                    if w is not None:
-                        add(w, left["hidden"], w.out_axis)
-                add(r.mlp_out, left["hidden"], r.mlp_out.in_axis, bias=False)
         return result
 
     # -- forward ---------------------------------------------------------------------------------

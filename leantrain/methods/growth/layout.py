@@ -231,18 +231,14 @@ def dense_operator_size(src: GPTConfig, tgt: GPTConfig, blocks: int = 12) -> int
     return (blocks * src.n_embd ** 2 * src.n_layer) * (blocks * tgt.n_embd ** 2 * tgt.n_layer)
 
 
-class GrowthOperator(nn.Module):
+class TrainedOperator(nn.Module):
     """A trainable growth operator: its parameters map frozen source tensors (non-persistent
     buffers, so ``state_dict()`` holds the operator alone) to the target's tensors.
 
     ``forward()`` returns the target's tensors as differentiable functions of the parameters, so
-    ``torch.func.functional_call(GPT(target), op(), (x, y))`` trains the operator on the task loss;
-    ``materialize()`` bakes them once training is done.
-    """
-
-    def __init__(self, source_config: GPTConfig, target: GPTConfig):
-        super().__init__()
-        self.source_config, self.target = source_config, target
+    ``torch.func.functional_call(target_model, op(), (x, y))`` trains the operator on the task loss;
+    ``materialize()`` bakes them once training is done. The GPT operators (:class:`GrowthOperator`)
+    and the role-based ones (``roles.RoleLiGO``, ``roles.RoleMango``) share this contract."""
 
     def forward(self) -> Tensors:
         raise NotImplementedError
@@ -253,6 +249,14 @@ class GrowthOperator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class GrowthOperator(TrainedOperator):
+    """A :class:`TrainedOperator` from a source GPT's config to a target GPT's."""
+
+    def __init__(self, source_config: GPTConfig, target: GPTConfig):
+        super().__init__()
+        self.source_config, self.target = source_config, target
 
     def dense_size(self) -> int:
         return dense_operator_size(self.source_config, self.target)

@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from ...core import State, distributed
 from ...models.gpt import GPT, GPTConfig
-from .layout import GrowthOperator, Tensors, load_tensors
+from .layout import Tensors, TrainedOperator, load_tensors
 
 
 def gpt_from_tensors(cfg: GPTConfig, tensors: Tensors, device: torch.device) -> GPT:
@@ -48,7 +48,7 @@ def average_gradients(params: list[torch.Tensor], loss: torch.Tensor) -> torch.T
 class OperatorPhase:
     """A growth operator, its AdamW, and the source weights it was built from."""
 
-    def __init__(self, operator: GrowthOperator, source: Tensors, *, lr: float, warmup: int,
+    def __init__(self, operator: TrainedOperator, source: Tensors, *, lr: float, warmup: int,
                  weight_decay: float, betas: tuple[float, float], grad_clip: float):
         self.operator = operator
         self.source = source
@@ -104,7 +104,7 @@ class OperatorPhase:
 
     @classmethod
     def from_tensors(cls, tensors: Tensors, source_cfg: GPTConfig, device: torch.device,
-                     make_operator: Callable[[GPT], GrowthOperator], source_model=None,
+                     make_operator: Callable[[GPT], TrainedOperator], source_model=None,
                      **options) -> "OperatorPhase":
         """Rebuild a phase saved by :meth:`tensors` (``make_operator(source)`` gives an operator of the
         saved shape; its parameters and moments are then replaced by the saved ones). ``source_model``:

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ...errors import ConfigError, LeantrainError
 from ...models import protocol
-from .layout import Tensors, unit_map
+from .layout import Tensors, TrainedOperator, unit_map
 from .msg import MaskValue
 
 SPACES = ("embd", "q", "k", "v", "o_in", "hid")
@@ -576,7 +576,7 @@ def _coefficients(n_src: int, n_tgt: int, scheme: str, generator) -> torch.Tenso
     return width_coefficients(n_src, n_tgt, scheme, generator)
 
 
-class RoleLiGO(nn.Module):
+class RoleLiGO(TrainedOperator):
     """LiGO on a role-described model (see ``ligo.py`` for the operator and its tying). Per target
     block: out-maps for q, k, v and the MLP's hidden units (gate and up share it); o's input map is
     v's out-map (with grouped-query attention, whose v has fewer channels than o's input, o gets its
@@ -654,13 +654,6 @@ class RoleLiGO(nn.Module):
                 out[self.tgt.block_name(j, inner)] = self._grow(mixed, src.axes[src.block_name(0, inner)], j)
         return out
 
-    @torch.no_grad()
-    def materialize(self) -> Tensors:
-        return {name: t.detach().clone() for name, t in self().items()}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def copy_maps(self) -> dict[tuple[str, int], torch.Tensor]:
         """With one-hot width maps (``width_init="sel"``): the copy maps they are, per target block."""
         one_hot = lambda c: torch.cat([torch.arange(c.shape[1]), c.detach().argmax(1).cpu()])  # noqa: E731
@@ -686,7 +679,7 @@ def _selection(g: torch.Tensor, n_src: int, divide: bool = False) -> torch.Tenso
     return s / torch.bincount(g, minlength=n_src)[:, None] if divide else s
 
 
-class RoleMango(nn.Module):
+class RoleMango(TrainedOperator):
     """Mango's TR-MPO (see ``mango.py``) on a role-described model. The paper's B = 12 blocks of D×D
     assume one width everywhere; here the block matrices are grouped by their (in-space, out-space)
     pair — with grouped-query attention q|o, k|v, gate|up and down have different shapes — and each
@@ -820,13 +813,6 @@ class RoleMango(nn.Module):
                 t = t * self.head_scale
             out[n] = t
         return out
-
-    @torch.no_grad()
-    def materialize(self) -> Tensors:
-        return {name: t.detach().clone() for name, t in self().items()}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def _param(t):
