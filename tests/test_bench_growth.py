@@ -129,6 +129,18 @@ def test_sweep_picks_a_winner_per_row_and_the_seeded_run_uses_it(tmp_path):
         growth.run_setting(both, tiny)
 
 
+def test_sweep_lrs_replace_the_grid_only_for_a_sweep(tmp_path):
+    tiny = tiny_setting(tmp_path)
+    wider = growth.with_sweep_lrs(tiny, [8e-3, 5e-3, 8e-3], sweep=True)
+    assert wider.sweep_lrs == (5e-3, 8e-3) and growth.with_sweep_lrs(tiny, None, sweep=True) is tiny
+    assert [c.lr for c in growth.candidates("mango", 0, None, wider)] == [5e-3, 8e-3]
+    with pytest.raises(LeantrainError, match="use it with --sweep"):
+        growth.with_sweep_lrs(tiny, [8e-3], sweep=False)
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(LeantrainError, match="must be positive numbers"):
+            growth.with_sweep_lrs(tiny, [5e-3, bad], sweep=True)
+
+
 def _rows(flops: dict[str, list[float | None]], seconds_factor: float = 1.0) -> list[dict]:
     """Synthetic rows: per method, FLOPs to target × scratch for each seed (None: not reached)."""
     rows = []

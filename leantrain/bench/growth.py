@@ -567,6 +567,9 @@ def _add_args(p) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="run the schedule sweep instead of the seeded rows (one seed of its own; scratch and every "
                    "row of the chosen settings); merges its winners into OUT/sweep.json and writes OUT/sweep.md")
+    p.add_argument("--sweep-lrs", type=float, nargs="+", default=None, metavar="LR",
+                   help="with --sweep: the peak-LR grid to try (default 1.5e-3 3e-3 5e-3; the sweep file records "
+                   "it, and a sweep with another grid starts a new file rather than mixing them)")
     p.add_argument("--schedules", type=Path, default=None,
                    help="a sweep.json from --sweep: every row trains with its winning schedule (default: today's "
                    "schedule for every row, and the report says the schedules were not swept)")
@@ -579,8 +582,22 @@ def run(args) -> int:
     return run_setting(args, FAMILY_SETTINGS[(getattr(args, "family", "gpt"), bool(args.quick))])
 
 
+def with_sweep_lrs(setting: Setting, lrs, sweep: bool) -> Setting:
+    """``setting`` with ``--sweep-lrs``'s grid (None: unchanged); one-line errors for a grid without
+    ``--sweep`` or a learning rate that is not a positive number."""
+    if lrs is None:
+        return setting
+    if not sweep:
+        raise LeantrainError("--sweep-lrs is the sweep's learning-rate grid: use it with --sweep")
+    bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
+    if bad:
+        raise LeantrainError(f"--sweep-lrs: learning rates must be positive numbers, got {bad[0]:g}")
+    return replace(setting, sweep_lrs=tuple(sorted(set(lrs))))
+
+
 def run_setting(args, setting: Setting) -> int:
     names = tuple(n for n in SETTINGS if n in (getattr(args, "setting", None) or SETTINGS))
+    setting = with_sweep_lrs(setting, getattr(args, "sweep_lrs", None), getattr(args, "sweep", False))
     if getattr(args, "sweep", False):
         if getattr(args, "schedules", None) is not None:
             raise LeantrainError("--sweep chooses the schedules; --schedules gives them to the seeded rows: use one")
