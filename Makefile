@@ -36,8 +36,8 @@ bench-all: $(STAMP)
 	$(BIN)/leantrain bench local --seeds 3 --threads 1 --out benchmarks/local
 	$(BIN)/leantrain bench local --suite gpt --seeds 3 --threads 1 --out benchmarks/local_gpt
 	$(BIN)/leantrain bench local --parallel --seeds 3 --out benchmarks/local_parallel
-	for s in depth width_depth width; do $(BIN)/leantrain bench growth --sweep --setting $$s --out benchmarks/growth; done
-	$(BIN)/leantrain bench growth --seeds 2 --threads 1 --schedules benchmarks/growth/sweep.json --out benchmarks/growth
+	$(BIN)/leantrain bench growth --sweep --threads 1 --out benchmarks/growth
+	$(BIN)/leantrain bench growth --seeds 3 --threads 1 --schedules benchmarks/growth/sweep.json --out benchmarks/growth
 	$(BIN)/leantrain bench pool --seeds 3 --threads 1 --out benchmarks/pool
 	$(BIN)/leantrain bench bpe --seeds 2 --threads 1 --out benchmarks/bpe
 	$(BIN)/leantrain bench hf --seeds 3 --threads 1 --out benchmarks/hf

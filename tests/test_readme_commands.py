@@ -85,7 +85,6 @@ NOT_RUN = {
     "leantrain bench local --suite gpt": "a full benchmark",
     "leantrain bench local --suite gpt --seeds 3": "a full benchmark",
     "leantrain bench growth": "a full benchmark; test_bench_growth.py tests the suite",
-    "leantrain bench growth --seeds 3 --threads 1": "a full benchmark",
     "leantrain bench pool": "a full benchmark; test_bench_pool.py tests the suite",
     "leantrain bench hf --seeds 3 --threads 1": "a full benchmark (24 runs and 5 overhead rounds, ~9 min); "
                                                 "test_hf.py runs it with --quick",
@@ -96,11 +95,14 @@ NOT_RUN = {
     "leantrain bench bpe --seeds 2 --threads 1": "a full benchmark (8 runs of 2000 steps); test_tokens.py runs the "
                                                  "suite at tiny size",
     "leantrain bench pool --seeds 3 --threads 1": "a full benchmark",
-    **{f"leantrain bench growth --sweep --setting {s} --out benchmarks/growth": "the schedule sweep of one setting "
-       "(≈ 25 min); test_bench_growth.py tests the sweep" for s in ("depth", "width_depth", "width")},
-    "leantrain bench growth --seeds 2 --schedules benchmarks/growth/sweep.json --out benchmarks/growth":
-        "a full benchmark (≈ 37 min) that needs the sweep's file",
-    "leantrain bench pool --seeds 3 --out benchmarks/pool": "a full benchmark (≈ 33 min)",
+    "leantrain bench growth --sweep --threads 1 --out benchmarks/growth": "the schedule sweep (≈ 60 min on one "
+                                                                           "core); test_bench_growth.py tests it",
+    "leantrain bench growth --seeds 3 --threads 1 --schedules benchmarks/growth/sweep.json --out benchmarks/growth":
+        "a full benchmark (≈ 40 min) that needs the sweep's file",
+    "leantrain bench pool --seeds 3 --threads 1 --stitch-lr-scale 10": "a full benchmark (≈ 20 min)",
+    "leantrain bench growth --seeds 3 --threads 1 --schedules benchmarks/growth/sweep.json":
+        "a full benchmark (≈ 40 min) that needs the sweep's file",
+    "leantrain bench growth --sweep --sweep-lrs 8e-3 --threads 1": "the sweep at one more peak LR (≈ 30 min)",
     "leantrain bench growth --family hf": "a full benchmark; test_bench_growth.py tests the hf suite on tiny Llamas",
     "leantrain bench pool --family hf": "a full benchmark; test_bench_pool.py tests the hf suite scaled down",
     "torchrun --standalone --nproc_per_node=2 -m leantrain train --recipe resnet32_mnist1d --out runs/pipe --set "

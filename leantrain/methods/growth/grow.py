@@ -87,8 +87,9 @@ class GrowConfig:
     contraction's cost ≈ R³ (R = 4 costs ≈ 4 target steps per operator step at 4×64 → 8×128)."""
     init: Literal["copy", "function_preserving"] = "copy"
     """mango: the operator's initial output. copy: FPI width + StackBERT depth (every target layer l
-    copies source layer l mod L₁; the papers' and our default — the growth sweep decides whether to
-    change it, see benchmarks/growth); function_preserving: the same copy mapping, but the blocks that
+    copies source layer l mod L₁; the papers' and our default — the growth sweep kept it: in none of
+    its six Mango rows was function_preserving measurably lower, see benchmarks/growth/sweep.md);
+    function_preserving: the same copy mapping, but the blocks that
     are not a source layer's first copy start as identities (their output projections gated to zero by
     a trainable gate), and the core noise touches only off-diagonal bond entries — with
     ``mapping: cyclic`` and an integer width factor the grown model computes the source's logits at
