@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ..core import Trainer
 from ..errors import LeantrainError
+from ..methods.growth.grow import TRAINED as TRAINED_OPERATORS
 from ..recipe import Recipe
 from . import register_bench
 from .common import (NOISE_RULE, Job, Run, difference, mean_std, plot_curves, report_table, result_rows,
@@ -182,7 +183,7 @@ def train_recipe(setting: Setting, model: dict, steps: int, threads: int, method
     every, iters = setting.eval
     lr = setting.source_lr if schedule is None else schedule.lr
     warm = min(setting.warmup, steps - 1)
-    if schedule is not None and not schedule.rewarm and not any(m.get("operator") in ("mango", "ligo")
+    if schedule is not None and not schedule.rewarm and not any(m.get("operator") in TRAINED_OPERATORS
                                                                  for m in methods):
         warm = 0
     spec = ({"name": "hf", "config": dict(model), "block_size": setting.block_size} if setting.family == "hf"
@@ -196,7 +197,7 @@ def train_recipe(setting: Setting, model: dict, steps: int, threads: int, method
 def grow_options(row: str, options: dict, schedule: Schedule, source: str, setting: Setting) -> dict:
     """The grow method's entry for ``row`` under ``schedule``."""
     grow = {"name": "grow", "source": source, **options}
-    if options["operator"] in ("mango", "ligo"):
+    if options["operator"] in TRAINED_OPERATORS:
         grow["target_warmup"] = setting.warmup if schedule.rewarm else 0
     if schedule.moments == "carry":
         grow["optimizer_state"] = "carry"

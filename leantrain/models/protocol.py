@@ -341,11 +341,6 @@ def same_shape_blocks(blocks: Iterable[nn.Module]) -> bool:
     return len(shapes) <= 1
 
 
-__all__ = ["SITES", "CAPABILITIES", "BlockPlan", "Units", "Weight", "BlockRoles", "WeightRoles",
-           "ModelProtocol", "Adapter", "ADAPTERS", "register_adapter", "adapt", "capabilities", "supports",
-           "require", "block_prefix", "check_dropout_site", "same_shape_blocks"]
-
-
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
                 generator: torch.Generator | None) -> torch.Tensor:
     """One sampled token id per row of the last position's ``logits`` (B, V): temperature, then top-k
@@ -355,3 +350,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits[logits < v[:, [-1]]] = -float("inf")
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+
+
+__all__ = ["SITES", "CAPABILITIES", "BlockPlan", "Units", "Weight", "BlockRoles", "WeightRoles",
+           "ModelProtocol", "Adapter", "ADAPTERS", "register_adapter", "adapt", "capabilities", "supports",
+           "require", "block_prefix", "check_dropout_site", "same_shape_blocks",
+           "sample_next"]

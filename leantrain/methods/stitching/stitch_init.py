@@ -81,12 +81,12 @@ def projection_stitch(front: Sequence[torch.Tensor], end: Sequence[torch.Tensor]
     where a transpose is not), so h_b ≈ W·h_a + b with W = P̄_b·P̄_a⁺ and b = c̄_b − W·c̄_a. The end
     instance is an auxiliary model trained from its own init even when it is as wide as the ancestry,
     so its own projections are always used. Returns (W: C_b × C_a, b: C_b); solved in float64."""
-    pa = torch.stack(list(front)).mean(0).double()
-    pb = torch.stack(list(end)).mean(0).double()
+    def mean(ts, rows):  # the projections' mean in float64 (no biases: zero)
+        return torch.zeros(rows, dtype=torch.float64) if ts is None else torch.stack(list(ts)).mean(0).double()
+
+    pa, pb = mean(front, None), mean(end, None)
     w = pb @ torch.linalg.pinv(pa)
-    ca = torch.zeros(pa.size(0), dtype=pa.dtype) if front_bias is None else torch.stack(list(front_bias)).mean(0).double()
-    cb = torch.zeros(pb.size(0), dtype=pb.dtype) if end_bias is None else torch.stack(list(end_bias)).mean(0).double()
-    b = cb - w @ ca.to(w.device)
+    b = mean(end_bias, pb.size(0)).to(w.device) - w @ mean(front_bias, pa.size(0)).to(w.device)
     dtype = front[0].dtype
     return w.to(dtype).contiguous(), b.to(dtype)
 
